@@ -1,0 +1,203 @@
+"""Export ResNet18 to ONNX with a symbolic batch axis, and the PyTorch reference outputs.
+
+    python -m pt2tf_convert.export --lane onnx2tf --exporter dynamo --opset 18 --out artifacts/onnx2tf
+
+Writes into --out (atomically, replacing a previous export): model.onnx, reference.npz
+(inputs + PyTorch logits + photos + ImageNet labels) and export.json (the manifest).
+The export is done only once onnx.checker accepts the file, its batch axis is symbolic,
+and ONNX Runtime reproduces PyTorch on the reference inputs at several batch sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+import torchvision
+
+from .atomic import replace_dir
+from .model import SEEDED, WeightsError, build_model
+from .progress import step
+from .reference import reference_inputs, save_reference
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+CHECK_BATCH_SIZES = (1, 3, 8)
+
+
+class ExportError(RuntimeError):
+    """The exported file is not what later stages need; the message says why."""
+
+
+def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -> None:
+    """Write `model` as ONNX with input 'input' [batch,3,224,224] and output 'output' [batch,1000]."""
+    if model.training:
+        raise ExportError("the model is in training mode; BatchNorm and Dropout would export wrongly — call .eval()")
+    example = torch.randn(2, 3, 224, 224)  # batch 2: an exporter may specialize a batch of 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        if exporter == "torchscript":
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                do_constant_folding=True,
+            )
+        elif exporter == "dynamo":
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                optimize=True,
+                verbose=False,
+            )
+            program.save(str(path), external_data=False)
+        else:
+            raise ExportError(f"unknown exporter '{exporter}': use 'torchscript' or 'dynamo'")
+
+
+def check_symbolic_batch(model: onnx.ModelProto) -> str:
+    """Return the batch axis' symbol; fail if any graph input or output has a fixed batch size."""
+    symbols = set()
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            raise ExportError(f"ONNX {value.name!r} has no shape; the exporter lost it")
+        first = dims[0]
+        if first.HasField("dim_value") or not first.dim_param:
+            raise ExportError(
+                f"ONNX {value.name!r} has a fixed batch size of {first.dim_value}: the exporter "
+                "specialized the batch axis, so TF Serving could not batch requests. Export with a "
+                "dynamic batch axis (dynamic_axes / dynamic_shapes)"
+            )
+        symbols.add(first.dim_param)
+    if len(symbols) != 1:
+        raise ExportError(f"inputs and outputs use different batch symbols {sorted(symbols)}")
+    return symbols.pop()
+
+
+def check_opset(model: onnx.ModelProto, opset: int) -> None:
+    """The default-domain opset must be the lane's: converters support a fixed range."""
+    found = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
+    if found.get("ai.onnx") != opset:
+        raise ExportError(f"the exporter wrote opset {found.get('ai.onnx')}, the lane needs {opset}")
+
+
+def run_onnxruntime(path: Path, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run the ONNX file on the CPU in chunks of `batch_size`."""
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: c})[0] for c in chunks])
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export(
+    lane: str, exporter: str, opset: int, out: Path, weights: str = SEEDED, seed: int = 0, atol: float = 1e-5
+) -> dict:
+    """Export, check and write the lane's ONNX file, reference and manifest into `out`."""
+    print(f"export for lane '{lane}': {exporter} exporter, opset {opset} → {out}", file=sys.stderr)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with replace_dir(out) as tmp:
+        with step(f"building ResNet18 ({weights} weights)"):
+            model, source = build_model(weights, seed)
+        with step("preparing reference inputs (seeded tensors + scikit-image photos)"):
+            ref = reference_inputs(seed)
+        with step(f"running PyTorch {torch.__version__} on {len(ref.inputs)} reference inputs"), torch.no_grad():
+            logits = model(torch.from_numpy(ref.inputs)).numpy()
+        onnx_path = tmp / "model.onnx"
+        with step(f"exporting ONNX ({exporter} exporter, opset {opset})"):
+            export_onnx(model, onnx_path, exporter, opset)
+        with step("checking the ONNX file (onnx.checker, opset, symbolic batch axis)"):
+            onnx.checker.check_model(str(onnx_path), full_check=True)
+            proto = onnx.load(str(onnx_path))
+            check_opset(proto, opset)
+            batch_symbol = check_symbolic_batch(proto)
+        errors = {}
+        with step(f"running ONNX Runtime {onnxruntime.__version__} at batch sizes {CHECK_BATCH_SIZES}"):
+            for batch_size in CHECK_BATCH_SIZES:
+                ort_logits = run_onnxruntime(onnx_path, ref.inputs, batch_size)
+                errors[batch_size] = float(np.max(np.abs(ort_logits - logits)))
+        worst = max(errors.values())
+        if worst > atol:
+            raise ExportError(
+                f"ONNX Runtime differs from PyTorch by up to {worst:.2e} (max abs, tolerance {atol:.0e}) "
+                f"per batch size {errors}: the exported graph is not the PyTorch model"
+            )
+        save_reference(tmp / "reference.npz", ref, logits)
+        manifest = {
+            "lane": lane,
+            "exporter": exporter,
+            "opset": opset,
+            "ir_version": proto.ir_version,
+            "batch_axis": batch_symbol,
+            "input": {"name": INPUT_NAME, "shape": [batch_symbol, 3, 224, 224], "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": [batch_symbol, 1000], "dtype": "float32"},
+            "weights": source.source,
+            "seed": source.seed,
+            "onnx_sha256": sha256(onnx_path),
+            "reference": {"count": len(ref.names), "names": ref.names},
+            "onnxruntime_vs_pytorch_max_abs": {str(k): v for k, v in errors.items()},
+            "versions": {
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+        }
+        (tmp / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"export done: {out / 'model.onnx'} (ONNX Runtime vs PyTorch max abs {worst:.2e})", file=sys.stderr)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pt2tf-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lane", required=True, help="lane name, recorded in the manifest")
+    parser.add_argument("--exporter", required=True, choices=["torchscript", "dynamo"])
+    parser.add_argument("--opset", required=True, type=int)
+    parser.add_argument("--out", required=True, type=Path, help="directory to write (replaced atomically)")
+    parser.add_argument(
+        "--weights",
+        default=SEEDED,
+        help="'seeded' (default), a state_dict file, or a torchvision name such as IMAGENET1K_V1 (local cache only)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for seeded weights and the random inputs")
+    parser.add_argument(
+        "--atol", type=float, default=1e-5, help="max abs difference allowed between ONNX Runtime and PyTorch"
+    )
+    args = parser.parse_args(argv)
+    try:
+        export(args.lane, args.exporter, args.opset, args.out, args.weights, args.seed, args.atol)
+    except (WeightsError, ExportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

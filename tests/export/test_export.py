@@ -1,0 +1,193 @@
+"""Export stage: real torchvision ResNet18, real exporters, real ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from pt2tf_convert import export as export_mod
+from pt2tf_convert.export import ExportError, check_symbolic_batch, export, export_onnx, run_onnxruntime
+from pt2tf_convert.model import WeightsError, build_model, seeded_resnet18
+from pt2tf_toolchain.matrix import load_matrix
+
+MATRIX = load_matrix()
+# Lanes that share exporter and opset share one export here; the ids still name every lane.
+SETTINGS: dict[tuple[str, int], list[str]] = {}
+for _lane in MATRIX.lanes.values():
+    SETTINGS.setdefault((_lane.exporter, _lane.opset), []).append(_lane.name)
+
+
+@pytest.fixture(scope="module", params=list(SETTINGS), ids=["+".join(v) for v in SETTINGS.values()])
+def exported(request, tmp_path_factory) -> tuple[str, int, Path, dict]:
+    exporter, opset = request.param
+    out = tmp_path_factory.mktemp(f"{exporter}{opset}") / "lane"
+    manifest = export(SETTINGS[request.param][0], exporter, opset, out)
+    return exporter, opset, out, manifest
+
+
+def test_batch_axis_is_symbolic_in_the_file(exported):
+    _, _, out, _ = exported
+    model = onnx.load(str(out / "model.onnx"))
+    for value in [*model.graph.input, *model.graph.output]:
+        first = value.type.tensor_type.shape.dim[0]
+        assert first.dim_param and not first.HasField("dim_value"), value.name
+    assert [i.name for i in model.graph.input] == ["input"]
+    assert [o.name for o in model.graph.output] == ["output"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 16])
+def test_onnxruntime_matches_pytorch_within_1e5(exported, batch_size):
+    _, _, out, _ = exported
+    ref = np.load(out / "reference.npz", allow_pickle=False)
+    got = run_onnxruntime(out / "model.onnx", ref["inputs"], batch_size)
+    assert got.shape == (16, 1000)
+    assert np.max(np.abs(got - ref["logits"])) <= 1e-5
+
+
+def test_opset_and_ir_version_fit_the_lane(exported):
+    exporter, opset, out, manifest = exported
+    model = onnx.load(str(out / "model.onnx"))
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import}["ai.onnx"] == opset
+    assert manifest["opset"] == opset and manifest["exporter"] == exporter
+    if exporter == "torchscript":
+        # onnx-tf's lane runs onnx 1.14, which reads IR versions up to 9.
+        assert model.ir_version <= 9
+
+
+def test_manifest_and_reference_need_no_torch(exported):
+    _, _, out, manifest = exported
+    ref = np.load(out / "reference.npz", allow_pickle=False)
+    assert ref["inputs"].shape == (16, 3, 224, 224) and ref["inputs"].dtype == np.float32
+    assert list(ref["kinds"]).count("photo") == 8 and len(ref["labels"]) == 1000
+    assert ref["labels"][281] == "tabby"
+    offsets = ref["photo_offsets"]
+    first = ref["photo_bytes"][offsets[0] : offsets[1]].tobytes()
+    assert Image.open(io.BytesIO(first)).size == (512, 512)  # astronaut.png
+    assert manifest["onnx_sha256"] == export_mod.sha256(out / "model.onnx")
+    assert json.loads((out / "export.json").read_text()) == manifest
+    assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= 1e-5
+
+
+def test_reference_outputs_are_not_degenerate(exported):
+    _, _, out, _ = exported
+    logits = np.load(out / "reference.npz")["logits"]
+    assert np.isfinite(logits).all()
+    assert len(set(logits.argmax(axis=1))) > 1, "every input gets the same class: parity would prove little"
+
+
+def test_a_fixed_batch_axis_fails_loudly(exported):
+    _, _, out, _ = exported
+    model = onnx.load(str(out / "model.onnx"))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(ExportError, match="fixed batch size of 1"):
+        check_symbolic_batch(model)
+
+
+def test_seeded_batchnorm_is_far_from_identity():
+    model = seeded_resnet18(0)
+    for name, bn in model.named_modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            assert bn.running_mean.abs().mean() > 1e-2, name
+            assert (bn.running_var - 1).abs().mean() > 1e-2, name
+            assert (bn.weight - 1).abs().mean() > 0.1 and bn.bias.abs().mean() > 0.05, name
+    # Dropping BatchNorm (what a folding bug amounts to) must change the outputs a lot.
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        reference = model(x)
+        for _name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.BatchNorm2d):
+                    setattr(module, child_name, torch.nn.Identity())
+        assert (model(x) - reference).abs().max() > 1.0
+
+
+def test_seeded_weights_are_reproducible():
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(seeded_resnet18(3)(x), seeded_resnet18(3)(x))
+        assert not torch.equal(seeded_resnet18(3)(x), seeded_resnet18(4)(x))
+
+
+def test_training_mode_is_refused(tmp_path):
+    with pytest.raises(ExportError, match="training mode"):
+        export_onnx(seeded_resnet18(0).train(), tmp_path / "m.onnx", "dynamo", 18)
+
+
+def test_user_weights_file_is_loaded(tmp_path):
+    source = seeded_resnet18(7)
+    path = tmp_path / "weights.pt"
+    # Saved from DataParallel: keys carry a "module." prefix, which is stripped openly.
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, path)
+    model, weights = build_model(str(path))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+    assert weights.source == str(path) and not model.training
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    path = tmp_path / "resnet34.pt"
+    from torchvision.models import resnet34
+
+    torch.save(resnet34(weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match="not a torchvision ResNet18 state_dict"):
+        build_model(str(path))
+
+
+def test_a_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(seeded_resnet18(0), path)  # a whole module, not a state_dict
+    with pytest.raises(WeightsError, match="weights-only"):
+        build_model(str(path))
+
+
+def test_imagenet_weights_come_only_from_the_local_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(WeightsError, match="never downloads") as info:
+        build_model("IMAGENET1K_V1")
+    assert str(expected) in str(info.value)
+    expected.parent.mkdir(parents=True)
+    torch.save(seeded_resnet18(5).state_dict(), expected)
+    _model, weights = build_model("IMAGENET1K_V1")
+    assert weights.source == "torchvision:IMAGENET1K_V1"
+
+
+def test_unknown_weights_name_is_refused():
+    with pytest.raises(WeightsError, match="not a torchvision ResNet18 weights name"):
+        build_model("IMAGENET9K_V9")
+
+
+def test_an_interrupted_export_leaves_the_previous_one_untouched(exported, tmp_path, monkeypatch):
+    exporter, opset, _out, _ = exported
+    target = tmp_path / "lane"
+    target.mkdir()
+    (target / "model.onnx").write_bytes(b"previous")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "run_onnxruntime", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export("test", exporter, opset, target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lane"]
+    assert (target / "model.onnx").read_bytes() == b"previous"
+
+
+def test_command_line_reports_a_missing_weights_file(tmp_path):
+    cmd = [sys.executable, "-m", "pt2tf_convert.export", "--lane", "x", "--exporter", "dynamo", "--opset", "18"]
+    cmd += ["--out", str(tmp_path / "out"), "--weights", str(tmp_path / "missing.pt")]
+    env = {**os.environ, "PYTHONPATH": str(Path(export_mod.__file__).parents[1])}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "missing.pt: no such file" in result.stderr
+    assert not (tmp_path / "out").exists()
