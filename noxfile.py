@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "toolchain"))
 
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
 from pt2tf_toolchain.lock import drift, load_lock, staleness  # noqa: E402
-from pt2tf_toolchain.matrix import load_matrix  # noqa: E402
+from pt2tf_toolchain.matrix import Lane, load_matrix  # noqa: E402
 
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
@@ -25,6 +25,9 @@ nox.options.error_on_missing_interpreters = True
 
 MATRIX = load_matrix()
 ARTIFACTS = ROOT / "artifacts"
+MODELS = ROOT / "models"
+REPORTS = ROOT / "reports"
+MODEL_NAME = "resnet18"
 SOURCE_PATHS = [ROOT / "convert", ROOT / "toolchain"]
 
 
@@ -80,42 +83,92 @@ def tests(session: nox.Session, suite: str) -> None:
         run_in(session, env, *args)
 
 
-def _export(session: nox.Session, lane_name: str) -> None:
-    lane = MATRIX.lane(lane_name)
+def _lane_paths(lane: str) -> list[str]:
+    return [
+        "--artifacts",
+        str(ARTIFACTS / lane),
+        "--models",
+        str(MODELS / lane),
+        "--model-name",
+        MODEL_NAME,
+    ]
+
+
+def _export(session: nox.Session, lane: Lane) -> None:
     run_in(
         session,
         lane.env_for("export"),
         "-m",
         "pt2tf_convert.export",
-        "--lane",
-        lane.name,
-        "--exporter",
-        lane.exporter,
-        "--opset",
-        str(lane.opset),
-        "--out",
-        str(ARTIFACTS / lane.name),
+        *["--lane", lane.name, "--exporter", lane.exporter, "--opset", str(lane.opset)],
+        *["--out", str(ARTIFACTS / lane.name)],
         *session.posargs,
     )
+
+
+def _convert(session: nox.Session, lane: Lane) -> None:
+    run_in(
+        session,
+        lane.env_for("convert"),
+        "-m",
+        "pt2tf_convert.convert",
+        *["--lane", lane.name, "--converter", lane.converter],
+        *_lane_paths(lane.name),
+        *session.posargs,
+    )
+
+
+def _verify(session: nox.Session, lane: Lane) -> None:
+    run_in(
+        session,
+        lane.env_for("verify"),
+        "-m",
+        "pt2tf_convert.verify",
+        "--lane",
+        lane.name,
+        *_lane_paths(lane.name),
+        *["--reports", str(REPORTS / lane.name)],
+        *session.posargs,
+    )
+
+
+STAGES = {
+    "export": (_export, "Export ResNet18 to ONNX + PyTorch reference"),
+    "convert": (_convert, "Convert the ONNX export to a TF Serving model version"),
+    "verify": (_verify, "Verify the SavedModel against PyTorch and ONNX Runtime"),
+}
+
+
+def _describe(lane: Lane) -> str:
+    return f"{lane.exporter} exporter, opset {lane.opset}, {lane.converter}"
 
 
 def _register_lane_sessions() -> None:
     """`<stage>` runs the default lane; `<stage>-<lane>` runs one lane and carries the tag 'matrix'."""
     default = MATRIX.lane(None)
+    for stage, (run, summary) in STAGES.items():
 
-    def export_default(session: nox.Session) -> None:
-        _export(session, default.name)
+        def default_session(session: nox.Session, run=run) -> None:
+            run(session, default)
 
-    export_default.__doc__ = f"Export ResNet18 to ONNX + PyTorch reference for the default lane ({default.name})."
-    nox.session(python=False, name="export")(export_default)
+        default_session.__doc__ = f"{summary}, default lane ({default.name})."
+        nox.session(python=False, name=stage)(default_session)
 
-    for lane in MATRIX.lanes.values():
+        for lane in MATRIX.lanes.values():
 
-        def export_lane(session: nox.Session, lane_name: str = lane.name) -> None:
-            _export(session, lane_name)
+            def lane_session(session: nox.Session, run=run, lane=lane) -> None:
+                run(session, lane)
 
-        export_lane.__doc__ = f"Export for lane {lane.name}: {lane.exporter} exporter, opset {lane.opset}."
-        nox.session(python=False, name=f"export-{lane.name}", tags=["matrix"])(export_lane)
+            lane_session.__doc__ = f"{summary}, lane {lane.name} ({_describe(lane)})."
+            nox.session(python=False, name=f"{stage}-{lane.name}", tags=["matrix"])(lane_session)
 
 
 _register_lane_sessions()
+
+
+@nox.session(python=False, name="matrix-table", tags=["matrix"])
+def matrix_table(session: nox.Session) -> None:
+    """Print every lane's parity report side by side (reports/matrix.md)."""
+    session.run(
+        sys.executable, "-m", "pt2tf_convert.matrix_table", str(REPORTS), env={"PYTHONPATH": str(ROOT / "convert")}
+    )

@@ -79,7 +79,7 @@ def ensure_env(lock: Lock, name: str, root: Path | None = None) -> Path:
         subprocess.run([_base_python(), "-m", "venv", str(path)], check=True)
         requirements = path / "requirements.lock.txt"
         requirements.write_text(locked.requirements())
-        pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+        pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         # --no-deps: the lock is already the whole closure; --require-hashes: every file pip
         # takes, from PyPI or from this machine's local wheel index, must match a locked sha256.
         cmd = [*pip, "--require-hashes", "--no-deps", "--only-binary", ":all:", "-r", str(requirements)]
@@ -110,4 +110,6 @@ def prune_envs(lock: Lock, root: Path | None = None) -> list[Path]:
         if path.is_dir() and path not in keep:
             shutil.rmtree(path)
             removed.append(path)
+        elif path.suffix == ".lockfile" and path.with_suffix("") not in keep:
+            path.unlink()
     return removed

@@ -71,6 +71,8 @@ class Lane:
     opset: int
     converter: str
     serving_image: str
+    max_ir_version: int
+    opsets: tuple[int, int]
     envs: dict[str, str] = field(hash=False)
 
     def env_for(self, stage: str) -> str:
@@ -137,8 +139,12 @@ def load_matrix(path: Path = MATRIX_PATH) -> Matrix:
             opset=int(spec["opset"]),
             converter=spec["converter"],
             serving_image=spec["serving_image"],
+            max_ir_version=int(spec["max_ir_version"]),
+            opsets=(int(spec["opsets"][0]), int(spec["opsets"][1])),
             envs=dict(spec["envs"]),
         )
+        if not lane.opsets[0] <= lane.opset <= lane.opsets[1]:
+            raise MatrixError(f"lane '{name}' exports opset {lane.opset}, outside its converter's opsets {lane.opsets}")
         if lane.exporter not in EXPORTERS:
             raise MatrixError(f"lane '{name}': exporter must be one of {EXPORTERS}, not '{lane.exporter}'")
         for stage, env in lane.envs.items():

@@ -1,0 +1,144 @@
+"""Convert a lane's ONNX export into a TF Serving model version with the project's signatures.
+
+    python -m pt2tf_convert.convert --lane onnx2tf --converter onnx2tf --artifacts artifacts/onnx2tf \
+        --models models/onnx2tf --model-name resnet18
+
+Reads artifacts/<lane>/{model.onnx,reference.npz,export.json} (written by export), and
+publishes <models>/<model-name>/<version>/ in one rename: the wrapped SavedModel, its
+warmup records (assets.extra/tf_serving_warmup_requests) and a manifest
+(assets.extra/pt2tf_manifest.json). A conversion that fails or is interrupted leaves no
+version directory behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .backends import ConversionError, load_backend
+from .metrics import compare
+from .progress import step
+from .repository import RepositoryError, staged_version
+from .support import check_supported
+
+MANIFEST_FILE = "pt2tf_manifest.json"
+# Conversion fidelity (TF vs ONNX Runtime on the same file): a converter bug, not a model change.
+CONVERSION_ATOL = 1e-4
+
+
+def load_reference(artifacts: Path) -> dict[str, np.ndarray]:
+    path = artifacts / "reference.npz"
+    if not path.is_file():
+        raise ConversionError(f"{path} is missing: run the export stage for this lane first (nox -s export)")
+    with np.load(path, allow_pickle=False) as ref:
+        return {key: ref[key] for key in ref.files}
+
+
+def photo_bytes(ref: dict[str, np.ndarray]) -> list[bytes]:
+    offsets, blob = ref["photo_offsets"], ref["photo_bytes"]
+    return [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+
+
+def run_signature(saved_model: Path, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """serving_default of a SavedModel on `inputs`, in chunks of batch_size."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+    return np.concatenate([fn(input=tf.constant(c))["output"].numpy() for c in chunks])
+
+
+def convert(
+    lane: str, converter: str, artifacts: Path, models: Path, model_name: str, version: int | None = None
+) -> Path:
+    """Convert, wrap, check and publish; return the published version directory."""
+    import onnxruntime
+    import tensorflow as tf
+
+    from .signatures import contract_problems, save_serving_model
+    from .warmup import write_warmup
+
+    backend = load_backend(converter)
+    onnx_path = artifacts / "model.onnx"
+    print(f"convert for lane '{lane}' with {backend.describe()} → {models / model_name}", file=sys.stderr)
+    started = time.monotonic()
+    with step("checking the ONNX file against what this lane's converter takes"):
+        onnx_model = check_supported(onnx_path, lane, backend)
+    ref = load_reference(artifacts)
+    export_manifest = json.loads((artifacts / "export.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="pt2tf-convert-") as work:
+        work = Path(work)
+        with step(f"converting with {backend.NAME}"):
+            converted = backend.convert(onnx_model, onnx_path, work)
+        with staged_version(models / model_name, version) as (staging, number):
+            with step(f"wrapping behind serving_default + predict_images (version {number})"):
+                save_serving_model(converted, [str(x) for x in ref["labels"]], staging)
+            with step("checking the signatures against the contract"):
+                problems = contract_problems(staging)
+                if problems:
+                    raise ConversionError("the SavedModel breaks the serving contract:\n  " + "\n  ".join(problems))
+            with step("parity of the SavedModel against ONNX Runtime and PyTorch"):
+                session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+                ort_logits = session.run(["output"], {"input": ref["inputs"]})[0]
+                tf_logits = run_signature(staging, ref["inputs"])
+                vs_ort = compare(ort_logits, tf_logits)
+                vs_torch = compare(ref["logits"], tf_logits)
+                if vs_ort["max_abs"] > CONVERSION_ATOL:
+                    raise ConversionError(
+                        f"{backend.NAME} changed the model: the SavedModel differs from ONNX Runtime on the same "
+                        f"file by {vs_ort['max_abs']:.2e} (max abs, allowed {CONVERSION_ATOL:.0e})"
+                    )
+            with step("writing warmup records and the manifest"):
+                write_warmup(staging, model_name, photo_bytes(ref)[0])
+                manifest = {
+                    "model_name": model_name,
+                    "version": number,
+                    "lane": lane,
+                    "converter": backend.NAME,
+                    "versions": {
+                        **backend.versions(),
+                        "tensorflow": tf.__version__,
+                        "onnxruntime": onnxruntime.__version__,
+                    },
+                    "source_onnx_sha256": export_manifest["onnx_sha256"],
+                    "export": {k: export_manifest[k] for k in ("exporter", "opset", "ir_version", "weights", "seed")},
+                    "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
+                    "converted_in_seconds": round(time.monotonic() - started, 1),
+                }
+                (staging / "assets.extra" / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    target = models / model_name / str(number)
+    print(
+        f"convert done in {time.monotonic() - started:.0f} s: {target} "
+        f"(vs ONNX Runtime {vs_ort['max_abs']:.1e}, vs PyTorch {vs_torch['max_abs']:.1e} max abs)",
+        file=sys.stderr,
+    )
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pt2tf-convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lane", required=True)
+    parser.add_argument("--converter", required=True, help="backend name: onnx-tf or onnx2tf")
+    parser.add_argument("--artifacts", required=True, type=Path, help="the export stage's output directory")
+    parser.add_argument("--models", required=True, type=Path, help="model repository base directory")
+    parser.add_argument("--model-name", default="resnet18")
+    parser.add_argument("--version", type=int, help="version number to publish (default: the next one)")
+    args = parser.parse_args(argv)
+    try:
+        convert(args.lane, args.converter, args.artifacts, args.models, args.model_name, args.version)
+    except (ConversionError, RepositoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

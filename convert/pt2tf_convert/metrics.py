@@ -1,0 +1,25 @@
+"""Parity metrics between two sets of logits (numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """Max/mean abs error, max error relative to the reference's largest magnitude, cosine, top-1/top-5."""
+    reference = reference.astype(np.float64)
+    candidate = candidate.astype(np.float64)
+    diff = np.abs(candidate - reference)
+    cosine = np.sum(reference * candidate, axis=1) / (
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    )
+    top5_ref = np.sort(np.argsort(-reference, axis=1)[:, :5], axis=1)
+    top5_got = np.sort(np.argsort(-candidate, axis=1)[:, :5], axis=1)
+    return {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "max_rel": float(diff.max() / np.abs(reference).max()),
+        "min_cosine": float(cosine.min()),
+        "top1_agreement": float(np.mean(reference.argmax(1) == candidate.argmax(1))),
+        "top5_set_agreement": float(np.mean(np.all(top5_ref == top5_got, axis=1))),
+    }

@@ -1,0 +1,50 @@
+"""A TF Serving model repository: <base>/<model_name>/<integer version>/.
+
+A version directory appears in one rename, complete, and is never overwritten, so a server
+polling the base path never loads half a model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class RepositoryError(RuntimeError):
+    """The version asked for cannot be published."""
+
+
+def versions(model_dir: Path) -> list[int]:
+    """Integer versions present (TF Serving ignores any other directory name)."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir: Path) -> int:
+    return max(versions(model_dir), default=0) + 1
+
+
+@contextmanager
+def staged_version(model_dir: Path, version: int | None = None) -> Iterator[tuple[Path, int]]:
+    """Yield (staging directory, version); on success the staging directory becomes the version.
+
+    Staging lives beside the versions under a dot-name TF Serving does not read. On any
+    failure, KeyboardInterrupt included, it is removed and no version directory appears.
+    """
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else version
+    target = model_dir / str(version)
+    if target.exists():
+        raise RepositoryError(f"{target} exists; versions are never overwritten — omit --version to take the next one")
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    try:
+        yield staging, version
+        os.rename(staging, target)  # atomic; fails if another writer took the version meanwhile
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,162 @@
+"""The serving contract every lane's SavedModel exports, whatever its converter did inside.
+
+- `serving_default`: input `input` float32 [batch, 3, 224, 224] (NCHW, normalized as for
+  the PyTorch model) → output `output` float32 [batch, 1000] logits.
+- `predict_images`: input `image_bytes` string [batch] of JPEG/PNG → `probabilities`
+  [batch, 1000], `classes` int32 [batch, 5], `labels` string [batch, 5], `scores` [batch, 5],
+  with torchvision's ResNet preprocessing done in the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tensorflow as tf
+
+SERVING_DEFAULT = "serving_default"
+PREDICT_IMAGES = "predict_images"
+TOP_K = 5
+# torchvision's ResNet18_Weights.IMAGENET1K_V1.transforms(): resize 256, crop 224, mean/std.
+RESIZE = 256
+CROP = 224
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+# signature → ("inputs" | "outputs") → name → (dtype, shape); None is the batch axis.
+CONTRACT: dict[str, dict[str, dict[str, tuple[str, tuple[int | None, ...]]]]] = {
+    SERVING_DEFAULT: {
+        "inputs": {"input": ("float32", (None, 3, CROP, CROP))},
+        "outputs": {"output": ("float32", (None, 1000))},
+    },
+    PREDICT_IMAGES: {
+        "inputs": {"image_bytes": ("string", (None,))},
+        "outputs": {
+            "probabilities": ("float32", (None, 1000)),
+            "classes": ("int32", (None, TOP_K)),
+            "labels": ("string", (None, TOP_K)),
+            "scores": ("float32", (None, TOP_K)),
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class ConvertedModel:
+    """What a converter backend hands over: the converted graph, in memory, ready to wrap.
+
+    Backends do not save their own SavedModel for us to reload: onnx2tf's Keras model takes
+    ~70 s to serialize as Keras layers (240 s with its default TFLite output), while the
+    wrapper saves only the traced graph and the variables in about a second.
+    """
+
+    call: Callable[[tf.Tensor], tf.Tensor]  # a batch in `layout` → logits [batch, 1000]
+    trackable: Any  # what owns the variables (a loaded SavedModel, or a list of variables)
+    layout: str  # "NCHW" or "NHWC": the layout the converted graph's input expects
+
+
+def _resized_size(height: tf.Tensor, width: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    # torchvision Resize(256): the shorter side becomes 256, the longer int(256 * long / short).
+    short = tf.minimum(height, width)
+    long = tf.maximum(height, width)
+    new_long = tf.cast(tf.math.floor(RESIZE * tf.cast(long, tf.float64) / tf.cast(short, tf.float64)), tf.int32)
+    new_height = tf.where(height <= width, RESIZE, new_long)
+    new_width = tf.where(height <= width, new_long, RESIZE)
+    return new_height, new_width
+
+
+def preprocess_image(encoded: tf.Tensor) -> tf.Tensor:
+    """JPEG/PNG bytes → float32 [3, 224, 224], as torchvision's ResNet transforms on a PIL image.
+
+    PIL resizes a uint8 image with an antialiased bilinear filter and rounds back to uint8;
+    the graph does the same with tf.image.resize(antialias=True). The filters are not
+    bit-identical, which is why preprocessing parity has its own, measured bound.
+    """
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    shape = tf.shape(image)
+    new_height, new_width = _resized_size(shape[0], shape[1])
+    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_height, new_width]), antialias=True)
+    resized = tf.round(tf.clip_by_value(resized, 0.0, 255.0))
+    # torchvision CenterCrop: top = int(round((h - 224) / 2)), Python's round (half to even) like tf.round.
+    top = tf.cast(tf.round(tf.cast(new_height - CROP, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_width - CROP, tf.float32) / 2.0), tf.int32)
+    cropped = tf.slice(resized, tf.stack([top, left, 0]), [CROP, CROP, 3])
+    normalized = (cropped / 255.0 - tf.constant(MEAN)) / tf.constant(STD)
+    return tf.transpose(normalized, [2, 0, 1])
+
+
+class ServingModule(tf.Module):
+    """Wraps a converted SavedModel behind the project's two signatures."""
+
+    def __init__(self, converted: ConvertedModel, labels: list[str]):
+        super().__init__()
+        if converted.layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be NCHW or NHWC, not {converted.layout!r}")
+        self.converted = converted.trackable  # tracked: its variables are saved with this module
+        self._call = converted.call  # not tracked: only the traced graph is saved
+        self._layout = converted.layout
+        self.labels = tf.constant(labels, dtype=tf.string)
+
+    def logits(self, images_nchw: tf.Tensor) -> tf.Tensor:
+        if self._layout == "NHWC":
+            images_nchw = tf.transpose(images_nchw, [0, 2, 3, 1])
+        return self._call(images_nchw)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3, CROP, CROP], tf.float32, name="input")])
+    def serve(self, input):  # the argument name is the signature's input key
+        return {"output": tf.identity(self.logits(input), name="output")}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def predict_images(self, image_bytes):
+        images = tf.map_fn(
+            preprocess_image, image_bytes, fn_output_signature=tf.TensorSpec([3, CROP, CROP], tf.float32)
+        )
+        probabilities = tf.nn.softmax(self.logits(images), axis=-1)
+        scores, classes = tf.math.top_k(probabilities, k=TOP_K)
+        return {
+            "probabilities": probabilities,
+            "classes": classes,
+            "labels": tf.gather(self.labels, classes),
+            "scores": scores,
+        }
+
+
+def save_serving_model(converted: ConvertedModel, labels: list[str], path: Path) -> None:
+    """Write the wrapped SavedModel with exactly the contract's signatures."""
+    module = ServingModule(converted, labels)
+    signatures = {
+        SERVING_DEFAULT: module.serve.get_concrete_function(),
+        PREDICT_IMAGES: module.predict_images.get_concrete_function(),
+    }
+    tf.saved_model.save(module, str(path), signatures=signatures)
+
+
+def _describe(spec: tf.TensorSpec) -> tuple[str, tuple[int | None, ...]]:
+    return spec.dtype.name, tuple(spec.shape.as_list())
+
+
+def contract_problems(path: Path) -> list[str]:
+    """Every difference between the SavedModel's signatures and CONTRACT; empty when exact."""
+    loaded = tf.saved_model.load(str(path))
+    problems = []
+    names = set(loaded.signatures.keys())
+    if names != set(CONTRACT):
+        problems.append(f"signatures are {sorted(names)}, the contract has {sorted(CONTRACT)}")
+    for name in sorted(names & set(CONTRACT)):
+        function = loaded.signatures[name]
+        _, kwargs = function.structured_input_signature
+        found = {
+            "inputs": {key: _describe(spec) for key, spec in kwargs.items()},
+            "outputs": {key: _describe(spec) for key, spec in function.structured_outputs.items()},
+        }
+        for side in ("inputs", "outputs"):
+            want, have = CONTRACT[name][side], found[side]
+            if set(want) != set(have):
+                problems.append(f"{name} {side} are {sorted(have)}, the contract has {sorted(want)}")
+            for key in sorted(set(want) & set(have)):
+                if want[key] != have[key]:
+                    problems.append(f"{name} {side[:-1]} '{key}' is {have[key]}, the contract says {want[key]}")
+    return problems

@@ -1,0 +1,302 @@
+"""Verify a published SavedModel against PyTorch and ONNX Runtime; write the parity report.
+
+    python -m pt2tf_convert.verify --lane onnx2tf --artifacts artifacts/onnx2tf \
+        --models models/onnx2tf --model-name resnet18 --reports reports/onnx2tf
+
+Compares, on the export's reference inputs and at batch sizes 1, 3 and 8: PyTorch (the
+stored reference) vs ONNX Runtime vs the SavedModel's serving_default. Checks the
+predict_images signature's in-graph preprocessing against torchvision's, the signatures
+against the contract, and the warmup file. Exits non-zero, saying which, when a threshold fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .convert import MANIFEST_FILE, load_reference, photo_bytes
+from .metrics import compare
+from .progress import step
+from .repository import versions
+
+BATCH_SIZES = (1, 3, 8)
+PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "savedmodel"), ("onnxruntime", "savedmodel"))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_abs: float = 1e-4
+    max_rel: float = 1e-5
+    min_top1: float = 1.0
+    # In-graph decode/resize/crop vs torchvision's PIL pipeline on the bundled photos; set from
+    # measurement (see README "Preprocessing parity"): resize filters differ, so not 1e-5.
+    preprocess_mean_abs: float = 0.02
+    preprocess_min_top1: float = 0.75
+
+
+def _chunks(inputs: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
+
+
+def resolve_version(model_dir: Path, version: int | None) -> Path:
+    found = versions(model_dir)
+    if not found:
+        raise SystemExit(f"error: {model_dir} has no model version — run the convert stage first")
+    number = version if version is not None else found[-1]
+    if number not in found:
+        raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
+    return model_dir / str(number)
+
+
+def run_parity(onnx_path: Path, saved_model: Path, ref: dict[str, np.ndarray]) -> dict:
+    import onnxruntime
+    import tensorflow as tf
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    serving = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    results = {}
+    for batch_size in BATCH_SIZES:
+        outputs = {
+            "pytorch": ref["logits"],
+            "onnxruntime": np.concatenate(
+                [session.run(["output"], {"input": c})[0] for c in _chunks(ref["inputs"], batch_size)]
+            ),
+            "savedmodel": np.concatenate(
+                [serving(input=tf.constant(c))["output"].numpy() for c in _chunks(ref["inputs"], batch_size)]
+            ),
+        }
+        results[batch_size] = {f"{a}_vs_{b}": compare(outputs[a], outputs[b]) for a, b in PAIRS}
+        results[batch_size]["savedmodel_abs_errors"] = np.abs(outputs["savedmodel"] - outputs["pytorch"])
+        results[batch_size]["onnxruntime_abs_errors"] = np.abs(outputs["onnxruntime"] - outputs["pytorch"])
+    return results
+
+
+def run_preprocessing(saved_model: Path, ref: dict[str, np.ndarray]) -> dict:
+    import tensorflow as tf
+
+    from .signatures import preprocess_image
+
+    photos = photo_bytes(ref)
+    is_photo = ref["kinds"] == "photo"
+    torch_inputs, torch_logits = ref["inputs"][is_photo], ref["logits"][is_photo]
+    graph_inputs = np.stack([preprocess_image(tf.constant(p)).numpy() for p in photos])
+    pixel_diff = np.abs(graph_inputs - torch_inputs)
+    predict = tf.saved_model.load(str(saved_model)).signatures["predict_images"]
+    out = predict(image_bytes=tf.constant(photos))
+    shifted = torch_logits - torch_logits.max(axis=1, keepdims=True)
+    torch_probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    probs = compare(torch_probs, out["probabilities"].numpy())
+    labels = ref["labels"]
+    per_photo = [
+        {
+            "photo": str(name),
+            "pixel_mean_abs": float(pixel_diff[i].mean()),
+            "pixel_max_abs": float(pixel_diff[i].max()),
+            "torchvision_top1": str(labels[torch_logits[i].argmax()]),
+            "graph_top1": out["labels"].numpy()[i][0].decode(),
+        }
+        for i, name in enumerate(ref["photo_names"])
+    ]
+    return {
+        "pixel_mean_abs": float(pixel_diff.mean()),
+        "pixel_max_abs": float(pixel_diff.max()),
+        "probabilities": probs,
+        "per_photo": per_photo,
+    }
+
+
+def check_warmup(saved_model: Path) -> dict:
+    from .warmup import WARMUP_FILE, read_warmup
+
+    logs = read_warmup(saved_model / "assets.extra" / WARMUP_FILE)
+    signatures = sorted({log.predict_log.request.model_spec.signature_name for log in logs})
+    return {"records": len(logs), "signatures": signatures}
+
+
+def failures(report: dict, limits: Thresholds) -> list[str]:
+    """Every threshold the report breaks, as one readable line each."""
+    found = []
+    for batch_size, pairs in report["parity"].items():
+        for pair, metrics in pairs.items():
+            where = f"batch {batch_size}, {pair.replace('_vs_', ' vs ')}"
+            if metrics["max_abs"] > limits.max_abs:
+                found.append(f"{where}: max abs error {metrics['max_abs']:.2e} > {limits.max_abs:.0e}")
+            if metrics["max_rel"] > limits.max_rel:
+                found.append(f"{where}: relative error {metrics['max_rel']:.2e} > {limits.max_rel:.0e}")
+            if metrics["top1_agreement"] < limits.min_top1:
+                found.append(f"{where}: top-1 agreement {metrics['top1_agreement']:.0%} < {limits.min_top1:.0%}")
+    pre = report["preprocessing"]
+    if pre["pixel_mean_abs"] > limits.preprocess_mean_abs:
+        found.append(
+            f"predict_images preprocessing: mean abs pixel difference {pre['pixel_mean_abs']:.3f} "
+            f"> {limits.preprocess_mean_abs} (normalized units)"
+        )
+    if pre["probabilities"]["top1_agreement"] < limits.preprocess_min_top1:
+        found.append(
+            f"predict_images preprocessing: top-1 agreement with torchvision "
+            f"{pre['probabilities']['top1_agreement']:.0%} < {limits.preprocess_min_top1:.0%}"
+        )
+    found += [f"signature contract: {problem}" for problem in report["contract_problems"]]
+    if set(report["warmup"]["signatures"]) != {"predict_images", "serving_default"}:
+        found.append(f"warmup file covers {report['warmup']['signatures']}, not both signatures")
+    return found
+
+
+def _plot(path: Path, errors: dict[str, np.ndarray], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    floor = 1e-12
+    values = [np.maximum(e.ravel(), floor) for e in errors.values()]
+    bins = np.logspace(-12, max(-3, np.log10(max(v.max() for v in values)) + 0.5), 60)
+    for (label, _), v in zip(errors.items(), values, strict=True):
+        ax.hist(v, bins=bins, alpha=0.6, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("|logit − PyTorch logit| (values below 1e-12 shown at 1e-12)")
+    ax.set_ylabel("count (16 inputs × 1000 logits)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _markdown(report: dict, failed: list[str]) -> str:
+    lines = [
+        f"# Parity report — lane `{report['lane']}`, {report['model']} version {report['version']}",
+        "",
+        f"Verdict: **{'FAIL' if failed else 'PASS'}**"
+        f" (max abs ≤ {report['thresholds']['max_abs']:.0e}, relative ≤ {report['thresholds']['max_rel']:.0e},"
+        f" top-1 ≥ {report['thresholds']['min_top1']:.0%})",
+        "",
+        "| batch | pair | max abs | mean abs | max rel | min cosine | top-1 | top-5 set |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for batch_size, pairs in report["parity"].items():
+        for pair, m in pairs.items():
+            lines.append(
+                f"| {batch_size} | {pair.replace('_vs_', ' vs ')} | {m['max_abs']:.2e} | {m['mean_abs']:.2e} | "
+                f"{m['max_rel']:.2e} | {m['min_cosine']:.8f} | {m['top1_agreement']:.0%} | "
+                f"{m['top5_set_agreement']:.0%} |"
+            )
+    pre = report["preprocessing"]
+    lines += [
+        "",
+        "## Preprocessing parity (`predict_images` vs torchvision on the bundled photos)",
+        "",
+        f"Pixel difference after decode/resize/crop/normalize: mean {pre['pixel_mean_abs']:.4f}, "
+        f"max {pre['pixel_max_abs']:.3f} (normalized units; 1/255/0.226 ≈ 0.017 is one grey level). "
+        f"Probabilities: max abs {pre['probabilities']['max_abs']:.2e}, "
+        f"top-1 agreement {pre['probabilities']['top1_agreement']:.0%}, "
+        f"top-5 set agreement {pre['probabilities']['top5_set_agreement']:.0%}.",
+        "",
+        "| photo | pixel mean abs | pixel max abs | torchvision top-1 | graph top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for p in pre["per_photo"]:
+        lines.append(
+            f"| {p['photo']} | {p['pixel_mean_abs']:.4f} | {p['pixel_max_abs']:.3f} | "
+            f"{p['torchvision_top1']} | {p['graph_top1']} |"
+        )
+    lines += ["", "## Signatures", ""]
+    lines += [f"- ✗ {p}" for p in report["contract_problems"]] or ["Exactly the contract (see saved_model_cli.txt)."]
+    lines += ["", f"Warmup: {report['warmup']['records']} records for {', '.join(report['warmup']['signatures'])}."]
+    if failed:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in failed]
+    lines += ["", "![error histogram](parity_errors.png)", ""]
+    return "\n".join(lines)
+
+
+def verify(
+    lane: str, artifacts: Path, models: Path, model_name: str, reports: Path, version: int | None, limits: Thresholds
+) -> list[str]:
+    """Run every check, write reports/<lane>/parity.{json,md} + plot; return the failures."""
+    from .signatures import contract_problems
+
+    saved_model = resolve_version(models / model_name, version)
+    print(f"verify lane '{lane}': {saved_model}", file=sys.stderr)
+    ref = load_reference(artifacts)
+    reports.mkdir(parents=True, exist_ok=True)
+    with step(f"PyTorch vs ONNX Runtime vs SavedModel at batch sizes {BATCH_SIZES}"):
+        parity = run_parity(artifacts / "model.onnx", saved_model, ref)
+    with step("predict_images preprocessing vs torchvision"):
+        preprocessing = run_preprocessing(saved_model, ref)
+    with step("signatures and warmup records"):
+        problems = contract_problems(saved_model)
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir", str(saved_model), "--all"],
+            capture_output=True,
+            text=True,
+        )
+        (reports / "saved_model_cli.txt").write_text(cli.stdout + cli.stderr)
+        warmup = check_warmup(saved_model)
+    manifest = json.loads((saved_model / "assets.extra" / MANIFEST_FILE).read_text())
+    errors = {
+        "SavedModel vs PyTorch": parity[8].pop("savedmodel_abs_errors"),
+        "ONNX Runtime vs PyTorch": parity[8].pop("onnxruntime_abs_errors"),
+    }
+    for batch_size in BATCH_SIZES:
+        parity[batch_size].pop("savedmodel_abs_errors", None)
+        parity[batch_size].pop("onnxruntime_abs_errors", None)
+    report = {
+        "lane": lane,
+        "model": model_name,
+        "version": int(saved_model.name),
+        "saved_model": str(saved_model),
+        "versions": manifest["versions"],
+        "export": manifest["export"],
+        "thresholds": asdict(limits),
+        "parity": {str(k): v for k, v in parity.items()},
+        "preprocessing": preprocessing,
+        "contract_problems": problems,
+        "warmup": warmup,
+    }
+    failed = failures(report, limits)
+    report["failures"] = failed
+    report["passed"] = not failed
+    (reports / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(reports / "parity_errors.png", errors, f"lane {lane}: absolute logit error at batch 8")
+    (reports / "parity.md").write_text(_markdown(report, failed))
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pt2tf-verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lane", required=True)
+    parser.add_argument("--artifacts", required=True, type=Path)
+    parser.add_argument("--models", required=True, type=Path)
+    parser.add_argument("--model-name", default="resnet18")
+    parser.add_argument("--version", type=int, help="version to verify (default: the newest)")
+    parser.add_argument("--reports", required=True, type=Path)
+    defaults = Thresholds()
+    parser.add_argument("--max-abs", type=float, default=defaults.max_abs)
+    parser.add_argument("--max-rel", type=float, default=defaults.max_rel)
+    parser.add_argument("--min-top1", type=float, default=defaults.min_top1)
+    parser.add_argument("--preprocess-mean-abs", type=float, default=defaults.preprocess_mean_abs)
+    parser.add_argument("--preprocess-min-top1", type=float, default=defaults.preprocess_min_top1)
+    args = parser.parse_args(argv)
+    limits = Thresholds(args.max_abs, args.max_rel, args.min_top1, args.preprocess_mean_abs, args.preprocess_min_top1)
+    failed = verify(args.lane, args.artifacts, args.models, args.model_name, args.reports, args.version, limits)
+    print(f"report: {args.reports / 'parity.md'}", file=sys.stderr)
+    if failed:
+        print(f"verify FAILED for lane '{args.lane}':", file=sys.stderr)
+        for line in failed:
+            print(f"  - {line}", file=sys.stderr)
+        return 1
+    print(f"verify passed for lane '{args.lane}'", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
