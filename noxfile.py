@@ -51,7 +51,8 @@ def env_python(session: nox.Session, env: str) -> str:
 def run_in(session: nox.Session, env: str, *args: str) -> None:
     """Run `python *args` in a locked env, with the project's packages importable."""
     pythonpath = os.pathsep.join(str(p) for p in SOURCE_PATHS)
-    session.run(env_python(session, env), *args, env={"PYTHONPATH": pythonpath}, external=True)
+    quiet_tf = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ info and warnings bury the progress lines
+    session.run(env_python(session, env), *args, env={"PYTHONPATH": pythonpath, **quiet_tf}, external=True)
 
 
 @nox.session(python=False)

@@ -74,7 +74,12 @@ def preprocess_image(encoded: tf.Tensor) -> tf.Tensor:
     the graph does the same with tf.image.resize(antialias=True). The filters are not
     bit-identical, which is why preprocessing parity has its own, measured bound.
     """
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image = tf.cond(
+        tf.io.is_jpeg(encoded),
+        # PIL decodes JPEG with libjpeg's accurate integer IDCT; TF's default is the fast one.
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+    )
     image.set_shape([None, None, 3])
     shape = tf.shape(image)
     new_height, new_width = _resized_size(shape[0], shape[1])

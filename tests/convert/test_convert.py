@@ -1,0 +1,192 @@
+"""Convert + verify on one lane, for real: the lane's converter, TensorFlow and ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tensorflow as tf
+from onnx import helper, numpy_helper
+from pt2tf_convert import warmup
+from pt2tf_convert.backends import ConversionError, load_backend
+from pt2tf_convert.convert import MANIFEST_FILE, convert
+from pt2tf_convert.repository import RepositoryError, staged_version, versions
+from pt2tf_convert.signatures import CONTRACT, _resized_size, contract_problems
+from pt2tf_convert.support import check_supported
+from pt2tf_convert.verify import Thresholds, verify
+
+
+@pytest.fixture(scope="module")
+def published(lane, artifacts, tmp_path_factory) -> tuple[Path, Path]:
+    models = tmp_path_factory.mktemp("models")
+    version_dir = convert(lane.name, lane.converter, artifacts, models, "resnet18")
+    return models, version_dir
+
+
+def test_conversion_publishes_version_1_with_the_contract(published):
+    models, version_dir = published
+    assert version_dir == models / "resnet18" / "1"
+    assert contract_problems(version_dir) == []
+    loaded = tf.saved_model.load(str(version_dir))
+    assert set(loaded.signatures) == set(CONTRACT)
+    for name in CONTRACT:
+        _, inputs = loaded.signatures[name].structured_input_signature
+        assert all(spec.shape[0] is None for spec in inputs.values()), f"{name}: batch axis must be None"
+    assert not [p.name for p in (models / "resnet18").iterdir() if p.name.startswith(".")], "staging left behind"
+
+
+def test_warmup_records_cover_both_signatures_and_batch_sizes(published):
+    _, version_dir = published
+    logs = warmup.read_warmup(version_dir / "assets.extra" / warmup.WARMUP_FILE)
+    seen = sorted(
+        (
+            log.predict_log.request.model_spec.signature_name,
+            tf.make_ndarray(next(iter(log.predict_log.request.inputs.values()))).shape[0],
+        )
+        for log in logs
+    )
+    assert seen == [("predict_images", 1), ("predict_images", 4), ("serving_default", 1), ("serving_default", 4)]
+    assert all(log.predict_log.request.model_spec.name == "resnet18" for log in logs)
+
+
+def test_manifest_names_lane_tools_source_and_parity(published, lane, artifacts):
+    _, version_dir = published
+    manifest = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())
+    export = json.loads((artifacts / "export.json").read_text())
+    assert manifest["lane"] == lane.name and manifest["converter"] == lane.converter
+    assert manifest["source_onnx_sha256"] == export["onnx_sha256"]
+    assert manifest["versions"]["tensorflow"] == tf.__version__
+    assert manifest["parity"]["savedmodel_vs_pytorch"]["max_abs"] <= 1e-4
+
+
+def test_predict_images_returns_labels_and_top5(published, artifacts):
+    _, version_dir = published
+    ref = np.load(artifacts / "reference.npz")
+    offsets = ref["photo_offsets"]
+    photos = [ref["photo_bytes"][offsets[i] : offsets[i + 1]].tobytes() for i in range(3)]
+    out = tf.saved_model.load(str(version_dir)).signatures["predict_images"](image_bytes=tf.constant(photos))
+    assert out["probabilities"].shape == (3, 1000) and out["classes"].shape == (3, 5)
+    np.testing.assert_allclose(out["probabilities"].numpy().sum(axis=1), 1.0, rtol=1e-5)
+    labels = ref["labels"]
+    for row_classes, row_labels in zip(out["classes"].numpy(), out["labels"].numpy(), strict=True):
+        assert [labels[c] for c in row_classes] == [x.decode() for x in row_labels]
+    assert np.all(np.diff(out["scores"].numpy(), axis=1) <= 0)
+
+
+def test_verify_passes_and_writes_the_report(published, lane, artifacts, tmp_path):
+    models, _ = published
+    failed = verify(lane.name, artifacts, models, "resnet18", tmp_path, None, Thresholds())
+    assert failed == []
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert set(report["parity"]) == {"1", "3", "8"}
+    assert report["parity"]["1"]["pytorch_vs_savedmodel"]["max_abs"] <= 1e-4
+    assert report["passed"] and (tmp_path / "parity_errors.png").stat().st_size > 10_000
+    assert "predict_images" in (tmp_path / "saved_model_cli.txt").read_text()
+    assert "Verdict: **PASS**" in (tmp_path / "parity.md").read_text()
+
+
+def test_a_weight_perturbed_after_export_fails_verify(lane, artifacts, tmp_path):
+    broken = tmp_path / "artifacts"
+    shutil.copytree(artifacts, broken)
+    model = onnx.load(str(broken / "model.onnx"))
+    # The classifier's weight matrix: perturbing it changes logits but not the graph.
+    weight = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)) if len(t.dims) == 2 else 0)
+    values = numpy_helper.to_array(weight).copy()
+    values[0, :] += 0.05
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(broken / "model.onnx"))
+    models = tmp_path / "models"
+    convert(lane.name, lane.converter, broken, models, "resnet18")  # TF still matches ONNX Runtime
+    failed = verify(lane.name, broken, models, "resnet18", tmp_path / "reports", None, Thresholds())
+    assert any(line.startswith("batch 1, pytorch vs savedmodel: max abs error") for line in failed), failed
+    assert any("pytorch vs onnxruntime" in line for line in failed)
+    assert not any("onnxruntime vs savedmodel" in line for line in failed)
+    assert "Verdict: **FAIL**" in (tmp_path / "reports" / "parity.md").read_text()
+
+
+def _tiny_model(op_type: str, domain: str = "", opset: int = 13, ir_version: int = 8) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["batch", 4])
+    node = helper.make_node(op_type, ["input"], ["output"], domain=domain)
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(helper.make_graph([node], "tiny", [x], [y]), opset_imports=imports)
+    model.ir_version = ir_version
+    return model
+
+
+def _first_unsupported_standard_op(backend, opset: int) -> str:
+    for schema in sorted(onnx.defs.get_all_schemas(), key=lambda s: s.name):
+        usable = schema.domain == "" and schema.since_version <= opset and not schema.deprecated
+        if usable and backend.unsupported_ops(_tiny_model(schema.name, opset=opset)):
+            return schema.name
+    pytest.skip("this converter supports every standard op at this opset")
+
+
+def test_an_unconvertible_op_fails_naming_the_op(lane, tmp_path):
+    backend = load_backend(lane.converter)
+    op = _first_unsupported_standard_op(backend, lane.opset)
+    path = tmp_path / "unsupported.onnx"
+    onnx.save(_tiny_model(op, opset=lane.opset), str(path))
+    with pytest.raises(ConversionError, match=rf"has no conversion for op {op} at opset {lane.opset}"):
+        check_supported(path, lane.name, backend)
+
+
+def test_a_custom_domain_op_fails_naming_it(lane, tmp_path):
+    path = tmp_path / "custom.onnx"
+    onnx.save(_tiny_model("Frobnicate", domain="com.example", opset=lane.opset), str(path))
+    with pytest.raises(ConversionError, match=r"op com\.example::Frobnicate"):
+        check_supported(path, lane.name, load_backend(lane.converter))
+
+
+def test_an_ir_version_too_new_names_the_lanes_that_take_it(lane, tmp_path):
+    path = tmp_path / "new.onnx"
+    onnx.save(_tiny_model("Relu", opset=13, ir_version=lane.max_ir_version + 1), str(path))
+    with pytest.raises(ConversionError, match=rf"IR version {lane.max_ir_version + 1}; lane '{lane.name}'") as info:
+        check_supported(path, lane.name, load_backend(lane.converter))
+    if lane.name == "onnx-tf":
+        assert "lanes that take IR 10 / opset 13: onnx2tf, latest" in str(info.value)
+
+
+def test_missing_and_non_onnx_files_are_refused(lane, tmp_path):
+    backend = load_backend(lane.converter)
+    with pytest.raises(ConversionError, match="no such file"):
+        check_supported(tmp_path / "absent.onnx", lane.name, backend)
+    garbage = tmp_path / "photo.onnx"
+    garbage.write_bytes(b"\xff\xd8\xff\xe0 this is a JPEG, not a protobuf" * 10)
+    with pytest.raises(ConversionError, match="is not an ONNX"):
+        check_supported(garbage, lane.name, backend)
+
+
+def test_an_interrupted_conversion_leaves_no_version_directory(lane, artifacts, tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(warmup, "write_warmup", interrupted)
+    models = tmp_path / "models"
+    with pytest.raises(KeyboardInterrupt):
+        convert(lane.name, lane.converter, artifacts, models, "resnet18")
+    assert versions(models / "resnet18") == []
+    assert list((models / "resnet18").iterdir()) == []
+
+
+def test_versions_are_never_overwritten(tmp_path):
+    model_dir = tmp_path / "resnet18"
+    for expected in (1, 2):
+        with staged_version(model_dir) as (staging, number):
+            (staging / "saved_model.pb").write_bytes(b"x")
+        assert number == expected
+    with pytest.raises(RepositoryError, match="never overwritten"), staged_version(model_dir, 2):
+        pass
+    assert versions(model_dir) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected"), [(512, 512, (256, 256)), (480, 640, (256, 341)), (640, 427, (383, 256))]
+)
+def test_resize_follows_torchvision_shorter_side_rule(height, width, expected):
+    new_height, new_width = _resized_size(tf.constant(height), tf.constant(width))
+    assert (int(new_height), int(new_width)) == expected
