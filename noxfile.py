@@ -7,7 +7,9 @@ Each stage runs in an environment built from toolchain.lock and cached outside t
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -52,7 +54,8 @@ def run_in(session: nox.Session, env: str, *args: str) -> None:
     """Run `python *args` in a locked env, with the project's packages importable."""
     pythonpath = os.pathsep.join(str(p) for p in SOURCE_PATHS)
     quiet_tf = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ info and warnings bury the progress lines
-    session.run(env_python(session, env), *args, env={"PYTHONPATH": pythonpath, **quiet_tf}, external=True)
+    env_vars = {**session.env, "PYTHONPATH": pythonpath, **quiet_tf}
+    session.run(env_python(session, env), *args, env=env_vars, external=True)
 
 
 @nox.session(python=False)
@@ -68,20 +71,29 @@ def lint(session: nox.Session) -> None:
     session.run(sys.executable, "-m", "ruff", "format", "--check", ".")
 
 
-# Each suite runs in the env whose packages it imports.
-TEST_SUITES = {"toolchain": "tools", "export": "export"}
+# Each suite runs in the env whose packages it imports; convert-<lane> runs in that lane's env.
+TEST_SUITES = {"toolchain": "tools", "export": "export"} | {
+    f"convert-{lane.name}": lane.env_for("convert") for lane in MATRIX.lanes.values()
+}
 
 
 @nox.session(python=False)
 @nox.parametrize("suite", list(TEST_SUITES), ids=list(TEST_SUITES))
 def tests(session: nox.Session, suite: str) -> None:
-    """Run one test suite in its locked env."""
+    """Run one test suite in its locked env (convert suites first export their lane afresh)."""
     env = TEST_SUITES[suite]
-    args = ["-m", "pytest", f"tests/{suite}", *session.posargs]
     if env == "tools":
-        session.run(sys.executable, *args)
-    else:
-        run_in(session, env, *args)
+        session.run(sys.executable, "-m", "pytest", f"tests/{suite}", *session.posargs)
+        return
+    if not suite.startswith("convert-"):
+        run_in(session, env, "-m", "pytest", f"tests/{suite}", *session.posargs)
+        return
+    lane = MATRIX.lane(suite.removeprefix("convert-"))
+    with tempfile.TemporaryDirectory(prefix=f"pt2tf-test-{lane.name}-") as tmp:
+        artifacts = Path(tmp) / "artifacts"
+        _export(session, lane, out=artifacts, extra=())
+        session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
+        run_in(session, env, "-m", "pytest", "tests/convert", *session.posargs)
 
 
 def _lane_paths(lane: str) -> list[str]:
@@ -95,15 +107,15 @@ def _lane_paths(lane: str) -> list[str]:
     ]
 
 
-def _export(session: nox.Session, lane: Lane) -> None:
+def _export(session: nox.Session, lane: Lane, out: Path | None = None, extra: tuple[str, ...] | None = None) -> None:
     run_in(
         session,
         lane.env_for("export"),
         "-m",
         "pt2tf_convert.export",
         *["--lane", lane.name, "--exporter", lane.exporter, "--opset", str(lane.opset)],
-        *["--out", str(ARTIFACTS / lane.name)],
-        *session.posargs,
+        *["--out", str(out or ARTIFACTS / lane.name)],
+        *(session.posargs if extra is None else extra),
     )
 
 
@@ -165,6 +177,26 @@ def _register_lane_sessions() -> None:
 
 
 _register_lane_sessions()
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """Bench PyTorch, ONNX Runtime and every converted lane in one run (reports/bench.md)."""
+    out = REPORTS / "bench"
+    shutil.rmtree(out, ignore_errors=True)
+    default = MATRIX.lane(None)
+    artifacts = str(ARTIFACTS / default.name)
+    for runtime in ("onnxruntime", "pytorch"):
+        run_in(session, default.env_for("export"), "-m", "pt2tf_convert.bench", "--runtime", runtime,
+               "--artifacts", artifacts, "--out", str(out / f"{runtime}.json"), *session.posargs)  # fmt: skip
+    for lane in MATRIX.lanes.values():
+        if not (MODELS / lane.name / MODEL_NAME).is_dir():
+            session.warn(f"lane {lane.name}: no converted model, skipped — run nox -s convert-{lane.name}")
+            continue
+        run_in(session, lane.env_for("bench"), "-m", "pt2tf_convert.bench", "--runtime", "savedmodel",
+               "--artifacts", artifacts, *_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}",
+               "--out", str(out / f"savedmodel-{lane.name}.json"), *session.posargs)  # fmt: skip
+    session.run(sys.executable, "-m", "pt2tf_convert.bench_table", str(out), env={"PYTHONPATH": str(ROOT / "convert")})
 
 
 @nox.session(python=False, name="matrix-table", tags=["matrix"])

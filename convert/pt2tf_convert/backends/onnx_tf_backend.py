@@ -47,7 +47,7 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
 def convert(model: onnx.ModelProto, onnx_path: Path, workdir: Path) -> ConvertedModel:
     out = workdir / "onnx-tf-savedmodel"
     try:
-        prepare(model, device="CPU", strict=True).export_graph(str(out))
+        prepare(model, device="CPU", strict=True, logging_level="ERROR").export_graph(str(out))
     except Exception as exc:
         raise ConversionError(f"onnx-tf {onnx_tf.version.version} failed on {onnx_path}: {exc!r}") from exc
     loaded = tf.saved_model.load(str(out))
