@@ -8,12 +8,13 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix lock tools clean clean-envs help
+.PHONY: all test matrix bench lock tools clean clean-envs help
 
 help:
-	@echo "make all        export → … → report, default lane (grows as stages land)"
-	@echo "make test       the whole test suite: lint, lock check, every stage that exists"
-	@echo "make matrix     every stage for every lane"
+	@echo "make all        export → convert → verify on the default lane, then the report paths"
+	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
+	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
+	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
 	@echo "make lock       regenerate toolchain.lock from toolchain.toml"
 	@echo "make clean      remove artifacts/, models/, reports/"
 	@echo "make clean-envs remove cached envs the current lock no longer uses"
@@ -25,16 +26,24 @@ tools:
 all: tools
 	@echo "==> export: ResNet18 → ONNX + PyTorch reference (default lane)"
 	@$(NOX) -s export
-	@echo "==> done. Artifacts:"
-	@ls -1 artifacts/*/model.onnx artifacts/*/reference.npz artifacts/*/export.json
+	@echo "==> convert: ONNX → TF Serving model version (default lane)"
+	@$(NOX) -s convert
+	@echo "==> verify: PyTorch vs ONNX Runtime vs SavedModel (default lane)"
+	@$(NOX) -s verify
+	@echo "==> done. Reports:"
+	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png models/*/resnet18/* 2>/dev/null
 
 test: tools
 	@echo "==> lint, then every test suite in its locked env"
 	@$(NOX) -s lint tests
 
 matrix: tools
-	@echo "==> every lane: export"
+	@echo "==> every lane: export, convert, verify; then the side-by-side table"
 	@$(NOX) -t matrix
+
+bench: tools
+	@echo "==> bench: PyTorch, ONNX Runtime and each converted lane in one run"
+	@$(NOX) -s bench
 
 lock: tools
 	@echo "==> resolving toolchain.toml → toolchain.lock"

@@ -202,6 +202,5 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=False, name="matrix-table", tags=["matrix"])
 def matrix_table(session: nox.Session) -> None:
     """Print every lane's parity report side by side (reports/matrix.md)."""
-    session.run(
-        sys.executable, "-m", "pt2tf_convert.matrix_table", str(REPORTS), env={"PYTHONPATH": str(ROOT / "convert")}
-    )
+    pythonpath = os.pathsep.join(str(p) for p in SOURCE_PATHS)
+    session.run(sys.executable, "-m", "pt2tf_convert.matrix_table", str(REPORTS), env={"PYTHONPATH": pythonpath})

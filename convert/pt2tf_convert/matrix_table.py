@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from pt2tf_toolchain.matrix import load_matrix
+
 ROWS = [
     ("TensorFlow", lambda r: r["versions"].get("tensorflow", "?")),
     ("converter", lambda r: next(f"{k} {v}" for k, v in r["versions"].items() if k in ("onnx-tf", "onnx2tf"))),
@@ -47,7 +49,9 @@ def table(reports: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     root = Path((argv or sys.argv[1:] or ["reports"])[0])
-    found = {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/parity.json"))}
+    reports = {p.parent.name: json.loads(p.read_text()) for p in root.glob("*/parity.json")}
+    order = [lane for lane in load_matrix().lanes if lane in reports]  # the matrix's order
+    found = {lane: reports[lane] for lane in order + sorted(reports.keys() - set(order))}
     if not found:
         print(f"error: no {root}/<lane>/parity.json yet — run `make matrix` (or nox -s verify-<lane>)", file=sys.stderr)
         return 1
