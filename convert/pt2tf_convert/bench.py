@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import load_reference, photo_bytes
+from .artifacts import load_reference, photo_bytes
 
 BATCH_SIZES = (1, 8, 32)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifacts import ArtifactsError, load_reference, photo_bytes
 from .backends import ConversionError, load_backend
 from .metrics import compare
 from .progress import step
@@ -30,19 +31,6 @@ from .support import check_supported
 MANIFEST_FILE = "pt2tf_manifest.json"
 # Conversion fidelity (TF vs ONNX Runtime on the same file): a converter bug, not a model change.
 CONVERSION_ATOL = 1e-4
-
-
-def load_reference(artifacts: Path) -> dict[str, np.ndarray]:
-    path = artifacts / "reference.npz"
-    if not path.is_file():
-        raise ConversionError(f"{path} is missing: run the export stage for this lane first (nox -s export)")
-    with np.load(path, allow_pickle=False) as ref:
-        return {key: ref[key] for key in ref.files}
-
-
-def photo_bytes(ref: dict[str, np.ndarray]) -> list[bytes]:
-    offsets, blob = ref["photo_offsets"], ref["photo_bytes"]
-    return [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
 
 
 def run_signature(saved_model: Path, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -134,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         convert(args.lane, args.converter, args.artifacts, args.models, args.model_name, args.version)
-    except (ConversionError, RepositoryError) as exc:
+    except (ArtifactsError, ConversionError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

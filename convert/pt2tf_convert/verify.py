@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import MANIFEST_FILE, load_reference, photo_bytes
+from .artifacts import load_reference, photo_bytes
+from .convert import MANIFEST_FILE
 from .metrics import compare
 from .progress import step
 from .repository import versions

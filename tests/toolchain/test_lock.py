@@ -111,3 +111,11 @@ def test_installed_envs_match_the_lock(env: str):
     if not (path / MARKER).exists():
         pytest.skip(f"env '{env}' is not built in {cache_root()} yet (a stage that needs it builds it)")
     assert drift(LOCK.env(env), installed_packages(path), f"env '{env}'") == []
+
+
+@pytest.mark.parametrize("env", sorted(MATRIX.envs))
+def test_no_env_installs_two_tensorflows(env: str):
+    # tensorflow and tensorflow-cpu write the same files; tf-keras and tensorflow-serving-api
+    # require `tensorflow`, so beside tensorflow-cpu they must be installed with --no-deps.
+    names = set(LOCK.env(env).packages)
+    assert not {"tensorflow", "tensorflow-cpu"} <= names, f"env '{env}' locks both tensorflow and tensorflow-cpu"

@@ -1,0 +1,26 @@
+"""Read what the export stage wrote, with numpy only (every env has it; only one has torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class ArtifactsError(RuntimeError):
+    """The export's output is missing; the message says which stage to run."""
+
+
+def load_reference(artifacts: Path) -> dict[str, np.ndarray]:
+    """reference.npz as a dict of arrays (no pickles)."""
+    path = artifacts / "reference.npz"
+    if not path.is_file():
+        raise ArtifactsError(f"{path} is missing: run the export stage for this lane first (nox -s export)")
+    with np.load(path, allow_pickle=False) as ref:
+        return {key: ref[key] for key in ref.files}
+
+
+def photo_bytes(ref: dict[str, np.ndarray]) -> list[bytes]:
+    """The photos' encoded files, as export stored them."""
+    offsets, blob = ref["photo_offsets"], ref["photo_bytes"]
+    return [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
