@@ -179,24 +179,47 @@ def _register_lane_sessions() -> None:
 _register_lane_sessions()
 
 
+def _bench(session: nox.Session, env: str, out: Path, runtime: str, *args: str) -> None:
+    default = MATRIX.lane(None)
+    cmd = ["-m", "pt2tf_convert.bench", "--runtime", runtime, "--artifacts", str(ARTIFACTS / default.name)]
+    run_in(session, env, *cmd, "--out", str(out), *args, *session.posargs)
+
+
+def _bench_table(session: nox.Session, out: Path) -> None:
+    session.run(sys.executable, "-m", "pt2tf_convert.bench_table", str(out), env={"PYTHONPATH": str(ROOT / "convert")})
+
+
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
     """Bench PyTorch, ONNX Runtime and every converted lane in one run (reports/bench.md)."""
     out = REPORTS / "bench"
     shutil.rmtree(out, ignore_errors=True)
-    default = MATRIX.lane(None)
-    artifacts = str(ARTIFACTS / default.name)
+    torch_env = MATRIX.lane(None).env_for("export")
     for runtime in ("onnxruntime", "pytorch"):
-        run_in(session, default.env_for("export"), "-m", "pt2tf_convert.bench", "--runtime", runtime,
-               "--artifacts", artifacts, "--out", str(out / f"{runtime}.json"), *session.posargs)  # fmt: skip
+        _bench(session, torch_env, out / f"{runtime}.json", runtime)
     for lane in MATRIX.lanes.values():
         if not (MODELS / lane.name / MODEL_NAME).is_dir():
             session.warn(f"lane {lane.name}: no converted model, skipped — run nox -s convert-{lane.name}")
             continue
-        run_in(session, lane.env_for("bench"), "-m", "pt2tf_convert.bench", "--runtime", "savedmodel",
-               "--artifacts", artifacts, *_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}",
-               "--out", str(out / f"savedmodel-{lane.name}.json"), *session.posargs)  # fmt: skip
-    session.run(sys.executable, "-m", "pt2tf_convert.bench_table", str(out), env={"PYTHONPATH": str(ROOT / "convert")})
+        args = [*_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}"]
+        _bench(session, lane.env_for("bench"), out / f"savedmodel-{lane.name}.json", "savedmodel", *args)
+    _bench_table(session, out)
+
+
+@nox.session(python=False, name="bench-levers")
+def bench_levers(session: nox.Session) -> None:
+    """Bench the default lane's serving_default under each performance lever (reports/bench-levers.md)."""
+    out = REPORTS / "bench-levers"
+    shutil.rmtree(out, ignore_errors=True)
+    lane = MATRIX.lane(None)
+    _bench(session, lane.env_for("export"), out / "onnxruntime.json", "onnxruntime")
+    for variant in ("default", "inter-op-1", "intra-op-1", "no-onednn", "xla"):
+        if variant == "no-onednn":
+            session.env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow is imported
+        args = [*_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
+        _bench(session, lane.env_for("bench"), out / f"{variant}.json", "savedmodel", *args)
+        session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    _bench_table(session, out)
 
 
 @nox.session(python=False, name="matrix-table", tags=["matrix"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -77,10 +78,25 @@ def _onnxruntime(ref: dict, args: argparse.Namespace) -> list[dict]:
     return results
 
 
+# Levers tried on the SavedModel runtime; each is one process, so thread pools start fresh.
+VARIANTS = {
+    "default": "TensorFlow's defaults (intra-op = cores, inter-op = cores, oneDNN on)",
+    "inter-op-1": "inter-op pool of 1 thread: one op at a time, each using both cores",
+    "intra-op-1": "intra-op pool of 1 thread: ops run single-threaded, two at a time",
+    "no-onednn": "TF_ENABLE_ONEDNN_OPTS=0: Eigen kernels instead of oneDNN",
+    "xla": "serving_default called inside tf.function(jit_compile=True)",
+}
+
+
 def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     import tensorflow as tf
 
     from .repository import versions
+
+    if args.variant == "inter-op-1":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    elif args.variant == "intra-op-1":
+        tf.config.threading.set_intra_op_parallelism_threads(1)
 
     model_dir = args.models / args.model_name
     found = versions(model_dir)
@@ -88,13 +104,17 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"error: {model_dir} has no version — run the convert stage first")
     loaded = tf.saved_model.load(str(model_dir / str(found[-1])))
     serving, images = loaded.signatures["serving_default"], loaded.signatures["predict_images"]
+    if args.variant == "xla":
+        serving = tf.function(serving, jit_compile=True)
     jpeg = next(p for p, name in zip(photo_bytes(ref), ref["photo_names"], strict=True) if name.endswith(".jpg"))
-    label = f"{args.label} (TF {tf.__version__})"
+    label = f"{args.label} (TF {tf.__version__})" + ("" if args.variant == "default" else f", {args.variant}")
     results = []
     for batch in args.batch_sizes:
         x = tf.constant(batch_of(ref["inputs"], batch))
         m = measure(lambda x=x: serving(input=x)["output"].numpy(), batch, args.min_iters, args.min_seconds)
         results.append({"runtime": label, "signature": "serving_default", **m})
+        if not args.images:
+            continue
         b = tf.constant([jpeg] * batch)
         m = measure(lambda b=b: images(image_bytes=b)["scores"].numpy(), batch, args.min_iters, args.min_seconds)
         results.append({"runtime": label, "signature": "predict_images", **m})
@@ -114,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default="resnet18")
     parser.add_argument("--label", default="SavedModel", help="how the table names this runtime (e.g. the lane)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--variant", choices=list(VARIANTS), default="default", help="a performance lever to apply")
+    parser.add_argument("--no-images", dest="images", action="store_false", help="skip predict_images")
     parser.add_argument("--min-iters", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--out", required=True, type=Path, help="JSON file to write the measurements to")
     args = parser.parse_args(argv)
+    if args.variant == "no-onednn" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
+        parser.error("--variant no-onednn needs TF_ENABLE_ONEDNN_OPTS=0 in the environment (read at TF import)")
     ref = load_reference(args.artifacts)
     results = RUNTIMES[args.runtime](ref, args)
     for r in results:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no measurements in {root}/ — run `nox -s bench`", file=sys.stderr)
         return 1
     text = "# Bench: ResNet18 fp32 on this machine's CPU, one run\n\n" + table(results) + "\n"
-    (root.parent / "bench.md").write_text(text)
+    (root.parent / f"{root.name}.md").write_text(text)
     print(text)
     return 0
 

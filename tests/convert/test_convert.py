@@ -190,3 +190,24 @@ def test_versions_are_never_overwritten(tmp_path):
 def test_resize_follows_torchvision_shorter_side_rule(height, width, expected):
     new_height, new_width = _resized_size(tf.constant(height), tf.constant(width))
     assert (int(new_height), int(new_width)) == expected
+
+
+def test_bench_measures_both_signatures_and_the_table_compares_to_onnxruntime(published, artifacts, tmp_path):
+    from pt2tf_convert import bench, bench_table
+
+    models, _ = published
+    common = ["--artifacts", str(artifacts), "--batch-sizes", "1", "2", "--min-iters", "2", "--min-seconds", "0"]
+    assert bench.main(["--runtime", "onnxruntime", *common, "--out", str(tmp_path / "b" / "ort.json")]) == 0
+    saved = ["--runtime", "savedmodel", "--models", str(models), "--label", "lane x", *common]
+    assert bench.main([*saved, "--out", str(tmp_path / "b" / "sm.json")]) == 0
+    results = json.loads((tmp_path / "b" / "sm.json").read_text())
+    assert sorted((r["signature"], r["batch"]) for r in results) == [
+        ("predict_images", 1),
+        ("predict_images", 2),
+        ("serving_default", 1),
+        ("serving_default", 2),
+    ]
+    assert all(r["images_per_second"] > 0 and r["calls"] >= 2 for r in results)
+    assert bench_table.main([str(tmp_path / "b")]) == 0
+    text = (tmp_path / "b.md").read_text()
+    assert "best-batch throughput" in text and "batch-1 latency" in text and "ONNX Runtime" in text
