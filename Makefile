@@ -8,12 +8,14 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix bench lock tools clean clean-envs help
+.PHONY: all test matrix lane lint-and-export-tests bench lock tools clean clean-envs help
+LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().default_lane)")
 
 help:
 	@echo "make all        export → convert → verify on the default lane, then the report paths"
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
+	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert test suite"
 	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
 	@echo "make lock       regenerate toolchain.lock from toolchain.toml"
 	@echo "make clean      remove artifacts/, models/, reports/"
@@ -40,6 +42,14 @@ test: tools
 matrix: tools
 	@echo "==> every lane: export, convert, verify; then the side-by-side table"
 	@$(NOX) -t matrix
+
+lane: tools
+	@echo "==> lane $(LANE): export, convert, verify; then its convert test suite"
+	@$(NOX) -s export-$(LANE) convert-$(LANE) verify-$(LANE) "tests(convert-$(LANE))"
+
+lint-and-export-tests: tools
+	@echo "==> lint, then the toolchain and export suites"
+	@$(NOX) -s lint "tests(toolchain)" "tests(export)"
 
 bench: tools
 	@echo "==> bench: PyTorch, ONNX Runtime and each converted lane in one run"

@@ -197,12 +197,12 @@ def bench(session: nox.Session) -> None:
     torch_env = MATRIX.lane(None).env_for("export")
     for runtime in ("onnxruntime", "pytorch"):
         _bench(session, torch_env, out / f"{runtime}.json", runtime)
-    for lane in MATRIX.lanes.values():
+    for index, lane in enumerate(MATRIX.lanes.values()):
         if not (MODELS / lane.name / MODEL_NAME).is_dir():
             session.warn(f"lane {lane.name}: no converted model, skipped — run nox -s convert-{lane.name}")
             continue
         args = [*_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}"]
-        _bench(session, lane.env_for("bench"), out / f"savedmodel-{lane.name}.json", "savedmodel", *args)
+        _bench(session, lane.env_for("bench"), out / f"savedmodel-{index}-{lane.name}.json", "savedmodel", *args)
     _bench_table(session, out)
 
 
@@ -213,11 +213,11 @@ def bench_levers(session: nox.Session) -> None:
     shutil.rmtree(out, ignore_errors=True)
     lane = MATRIX.lane(None)
     _bench(session, lane.env_for("export"), out / "onnxruntime.json", "onnxruntime")
-    for variant in ("default", "inter-op-1", "intra-op-1", "no-onednn", "xla"):
+    for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla")):
         if variant == "no-onednn":
             session.env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow is imported
         args = [*_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
-        _bench(session, lane.env_for("bench"), out / f"{variant}.json", "savedmodel", *args)
+        _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
         session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     _bench_table(session, out)
 

@@ -24,7 +24,8 @@ def table(results: list[dict]) -> str:
         raise SystemExit("error: the bench run has no ONNX Runtime measurement to compare against")
     batches = sorted({r["batch"] for r in results})
     rows = {}
-    for r in results:
+    # ONNX Runtime (the yardstick) and PyTorch first, then the SavedModels in the order measured.
+    for r in sorted(results, key=lambda r: (not r["runtime"].startswith("ONNX"), not r["runtime"].startswith("PyT"))):
         rows.setdefault(_key(r), {})[r["batch"]] = r
     header = "| runtime | signature | " + " | ".join(f"batch {b}: img/s (× ORT), median ms" for b in batches) + " |"
     lines = [header, "|---|---|" + "---|" * len(batches)]

@@ -119,3 +119,15 @@ def test_no_env_installs_two_tensorflows(env: str):
     # require `tensorflow`, so beside tensorflow-cpu they must be installed with --no-deps.
     names = set(LOCK.env(env).packages)
     assert not {"tensorflow", "tensorflow-cpu"} <= names, f"env '{env}' locks both tensorflow and tensorflow-cpu"
+
+
+def test_the_github_workflow_runs_every_lane_through_existing_make_targets():
+    # actionlint cannot be installed here (its package downloads the binary from GitHub at
+    # build time), so this checks what would silently rot: lane names and make targets.
+    root = MATRIX_PATH.parent
+    workflow = (root / ".github" / "workflows" / "lanes.yml").read_text()
+    lanes = re.search(r"lane: \[([^\]]*)\]", workflow).group(1)
+    assert [x.strip() for x in lanes.split(",")] == list(MATRIX.lanes)
+    makefile = (root / "Makefile").read_text()
+    for target in set(re.findall(r"run: make ([\w-]+)", workflow)):
+        assert re.search(rf"^{re.escape(target)}:", makefile, re.MULTILINE), f"make {target} does not exist"
