@@ -157,7 +157,7 @@ def failures(report: dict, limits: Thresholds) -> list[str]:
     return found
 
 
-def _plot(path: Path, errors: dict[str, np.ndarray], title: str) -> None:
+def _plot(path: Path, errors: dict[str, np.ndarray], title: str, threshold: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,6 +169,7 @@ def _plot(path: Path, errors: dict[str, np.ndarray], title: str) -> None:
     bins = np.logspace(-12, max(-3, np.log10(max(v.max() for v in values)) + 0.5), 60)
     for (label, _), v in zip(errors.items(), values, strict=True):
         ax.hist(v, bins=bins, alpha=0.6, label=label)
+    ax.axvline(threshold, color="crimson", linestyle="--", label=f"threshold {threshold:.0e}")
     ax.set_xscale("log")
     ax.set_xlabel("|logit − PyTorch logit| (values below 1e-12 shown at 1e-12)")
     ax.set_ylabel("count (16 inputs × 1000 logits)")
@@ -273,7 +274,7 @@ def verify(
     report["failures"] = failed
     report["passed"] = not failed
     (reports / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(reports / "parity_errors.png", errors, f"lane {lane}: absolute logit error at batch 8")
+    _plot(reports / "parity_errors.png", errors, f"lane {lane}: absolute logit error at batch 8", limits.max_abs)
     (reports / "parity.md").write_text(_markdown(report, failed))
     return failed
 
