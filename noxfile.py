@@ -91,32 +91,25 @@ def tests(session: nox.Session, suite: str) -> None:
     lane = MATRIX.lane(suite.removeprefix("convert-"))
     with tempfile.TemporaryDirectory(prefix=f"pt2tf-test-{lane.name}-") as tmp:
         artifacts = Path(tmp) / "artifacts"
-        _export(session, lane, out=artifacts, extra=())
+        _export(session, lane, out=artifacts)
         session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
         run_in(session, env, "-m", "pytest", "tests/convert", *session.posargs)
 
 
+def _model_args(lane: str) -> list[str]:
+    return ["--models", str(MODELS / lane), "--model-name", MODEL_NAME]
+
+
 def _lane_paths(lane: str) -> list[str]:
-    return [
-        "--artifacts",
-        str(ARTIFACTS / lane),
-        "--models",
-        str(MODELS / lane),
-        "--model-name",
-        MODEL_NAME,
-    ]
+    return ["--artifacts", str(ARTIFACTS / lane), *_model_args(lane)]
 
 
-def _export(session: nox.Session, lane: Lane, out: Path | None = None, extra: tuple[str, ...] | None = None) -> None:
-    run_in(
-        session,
-        lane.env_for("export"),
-        "-m",
-        "pt2tf_convert.export",
-        *["--lane", lane.name, "--exporter", lane.exporter, "--opset", str(lane.opset)],
-        *["--out", str(out or ARTIFACTS / lane.name)],
-        *(session.posargs if extra is None else extra),
-    )
+def _export(session: nox.Session, lane: Lane, out: Path | None = None) -> None:
+    """Export `lane` into `out` (default artifacts/<lane>; posargs go to the exporter only then)."""
+    args = session.posargs if out is None else []
+    cmd = ["--lane", lane.name, "--exporter", lane.exporter, "--opset", str(lane.opset)]
+    run_in(session, lane.env_for("export"), "-m", "pt2tf_convert.export", *cmd,
+           "--out", str(out or ARTIFACTS / lane.name), *args)  # fmt: skip
 
 
 def _convert(session: nox.Session, lane: Lane) -> None:
@@ -201,7 +194,7 @@ def bench(session: nox.Session) -> None:
         if not (MODELS / lane.name / MODEL_NAME).is_dir():
             session.warn(f"lane {lane.name}: no converted model, skipped — run nox -s convert-{lane.name}")
             continue
-        args = [*_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}"]
+        args = [*_model_args(lane.name), "--label", f"lane {lane.name}"]
         _bench(session, lane.env_for("bench"), out / f"savedmodel-{index}-{lane.name}.json", "savedmodel", *args)
     _bench_table(session, out)
 
@@ -216,7 +209,7 @@ def bench_levers(session: nox.Session) -> None:
     for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla")):
         if variant == "no-onednn":
             session.env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow is imported
-        args = [*_lane_paths(lane.name)[2:], "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
+        args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
         _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
         session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     _bench_table(session, out)
