@@ -211,3 +211,17 @@ def test_bench_measures_both_signatures_and_the_table_compares_to_onnxruntime(pu
     assert bench_table.main([str(tmp_path / "b")]) == 0
     text = (tmp_path / "b.md").read_text()
     assert "best-batch throughput" in text and "batch-1 latency" in text and "ONNX Runtime" in text
+
+
+def test_the_contract_check_names_every_difference(tmp_path):
+    class Wrong(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 3, 224, 224], tf.float32, name="input")])
+        def serve(self, input):
+            return {"logits": tf.reduce_mean(input, axis=[2, 3])}
+
+    module = Wrong()
+    tf.saved_model.save(module, str(tmp_path / "wrong"), signatures={"serving_default": module.serve})
+    problems = contract_problems(tmp_path / "wrong")
+    assert "signatures are ['serving_default'], the contract has ['predict_images', 'serving_default']" in problems
+    assert "serving_default input 'input' is ('float32', (1, 3, 224, 224)), the contract says " in "\n".join(problems)
+    assert "serving_default outputs are ['logits'], the contract has ['output']" in problems
