@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,11 +34,11 @@ MANIFEST_FILE = "pt2tf_manifest.json"
 CONVERSION_ATOL = 1e-4
 
 
-def run_signature(saved_model: Path, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """serving_default of a SavedModel on `inputs`, in chunks of batch_size."""
+def run_signature(loaded: Any, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """serving_default of a loaded SavedModel on `inputs`, in chunks of batch_size."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    fn = loaded.signatures["serving_default"]
     chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
     return np.concatenate([fn(input=tf.constant(c))["output"].numpy() for c in chunks])
 
@@ -68,13 +69,14 @@ def convert(
             with step(f"wrapping behind serving_default + predict_images (version {number})"):
                 save_serving_model(converted, [str(x) for x in ref["labels"]], staging)
             with step("checking the signatures against the contract"):
-                problems = contract_problems(staging)
+                loaded = tf.saved_model.load(str(staging))
+                problems = contract_problems(loaded)
                 if problems:
                     raise ConversionError("the SavedModel breaks the serving contract:\n  " + "\n  ".join(problems))
             with step("parity of the SavedModel against ONNX Runtime and PyTorch"):
                 session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
                 ort_logits = session.run(["output"], {"input": ref["inputs"]})[0]
-                tf_logits = run_signature(staging, ref["inputs"])
+                tf_logits = run_signature(loaded, ref["inputs"])
                 vs_ort = compare(ort_logits, tf_logits)
                 vs_torch = compare(ref["logits"], tf_logits)
                 if vs_ort["max_abs"] > CONVERSION_ATOL:

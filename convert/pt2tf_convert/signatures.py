@@ -143,9 +143,8 @@ def _describe(spec: tf.TensorSpec) -> tuple[str, tuple[int | None, ...]]:
     return spec.dtype.name, tuple(spec.shape.as_list())
 
 
-def contract_problems(path: Path) -> list[str]:
-    """Every difference between the SavedModel's signatures and CONTRACT; empty when exact."""
-    loaded = tf.saved_model.load(str(path))
+def contract_problems(loaded: Any) -> list[str]:
+    """Every difference between a loaded SavedModel's signatures and CONTRACT; empty when exact."""
     problems = []
     names = set(loaded.signatures.keys())
     if names != set(CONTRACT):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,12 +59,12 @@ def resolve_version(model_dir: Path, version: int | None) -> Path:
     return model_dir / str(number)
 
 
-def run_parity(onnx_path: Path, saved_model: Path, ref: dict[str, np.ndarray]) -> dict:
+def run_parity(onnx_path: Path, loaded: Any, ref: dict[str, np.ndarray]) -> dict:
     import onnxruntime
     import tensorflow as tf
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    serving = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    serving = loaded.signatures["serving_default"]
     results = {}
     for batch_size in BATCH_SIZES:
         outputs = {
@@ -81,7 +82,7 @@ def run_parity(onnx_path: Path, saved_model: Path, ref: dict[str, np.ndarray]) -
     return results
 
 
-def run_preprocessing(saved_model: Path, ref: dict[str, np.ndarray]) -> dict:
+def run_preprocessing(loaded: Any, ref: dict[str, np.ndarray]) -> dict:
     import tensorflow as tf
 
     from .signatures import preprocess_image
@@ -91,7 +92,7 @@ def run_preprocessing(saved_model: Path, ref: dict[str, np.ndarray]) -> dict:
     torch_inputs, torch_logits = ref["inputs"][is_photo], ref["logits"][is_photo]
     graph_inputs = np.stack([preprocess_image(tf.constant(p)).numpy() for p in photos])
     pixel_diff = np.abs(graph_inputs - torch_inputs)
-    predict = tf.saved_model.load(str(saved_model)).signatures["predict_images"]
+    predict = loaded.signatures["predict_images"]
     out = predict(image_bytes=tf.constant(photos))
     shifted = torch_logits - torch_logits.max(axis=1, keepdims=True)
     torch_probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
@@ -230,18 +231,21 @@ def verify(
     lane: str, artifacts: Path, models: Path, model_name: str, reports: Path, version: int | None, limits: Thresholds
 ) -> list[str]:
     """Run every check, write reports/<lane>/parity.{json,md} + plot; return the failures."""
+    import tensorflow as tf
+
     from .signatures import contract_problems
 
     saved_model = resolve_version(models / model_name, version)
     print(f"verify lane '{lane}': {saved_model}", file=sys.stderr)
     ref = load_reference(artifacts)
+    loaded = tf.saved_model.load(str(saved_model))
     reports.mkdir(parents=True, exist_ok=True)
     with step(f"PyTorch vs ONNX Runtime vs SavedModel at batch sizes {BATCH_SIZES}"):
-        parity = run_parity(artifacts / "model.onnx", saved_model, ref)
+        parity = run_parity(artifacts / "model.onnx", loaded, ref)
     with step("predict_images preprocessing vs torchvision"):
-        preprocessing = run_preprocessing(saved_model, ref)
+        preprocessing = run_preprocessing(loaded, ref)
     with step("signatures and warmup records"):
-        problems = contract_problems(saved_model)
+        problems = contract_problems(loaded)
         cli = subprocess.run(
             [str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir", str(saved_model), "--all"],
             capture_output=True,

@@ -30,8 +30,8 @@ def published(lane, artifacts, tmp_path_factory) -> tuple[Path, Path]:
 def test_conversion_publishes_version_1_with_the_contract(published):
     models, version_dir = published
     assert version_dir == models / "resnet18" / "1"
-    assert contract_problems(version_dir) == []
     loaded = tf.saved_model.load(str(version_dir))
+    assert contract_problems(loaded) == []
     assert set(loaded.signatures) == set(CONTRACT)
     for name in CONTRACT:
         _, inputs = loaded.signatures[name].structured_input_signature
@@ -221,7 +221,7 @@ def test_the_contract_check_names_every_difference(tmp_path):
 
     module = Wrong()
     tf.saved_model.save(module, str(tmp_path / "wrong"), signatures={"serving_default": module.serve})
-    problems = contract_problems(tmp_path / "wrong")
+    problems = contract_problems(tf.saved_model.load(str(tmp_path / "wrong")))
     assert "signatures are ['serving_default'], the contract has ['predict_images', 'serving_default']" in problems
     assert "serving_default input 'input' is ('float32', (1, 3, 224, 224)), the contract says " in "\n".join(problems)
     assert "serving_default outputs are ['logits'], the contract has ['output']" in problems
