@@ -13,6 +13,7 @@ version directory behind.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import tempfile
@@ -61,6 +62,7 @@ def convert(
         onnx_model = check_supported(onnx_path, lane, backend)
     ref = load_reference(artifacts)
     export_manifest = json.loads((artifacts / "export.json").read_text())
+    onnx_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
     with tempfile.TemporaryDirectory(prefix="pt2tf-convert-") as work:
         work = Path(work)
         with step(f"converting with {backend.NAME}"):
@@ -96,7 +98,9 @@ def convert(
                         "tensorflow": tf.__version__,
                         "onnxruntime": onnxruntime.__version__,
                     },
-                    "source_onnx_sha256": export_manifest["onnx_sha256"],
+                    # The file actually converted; differs from the export's record if it was edited since.
+                    "source_onnx_sha256": onnx_sha256,
+                    "source_onnx_is_the_export": onnx_sha256 == export_manifest["onnx_sha256"],
                     "export": {k: export_manifest[k] for k in ("exporter", "opset", "ir_version", "weights", "seed")},
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
                     "converted_in_seconds": round(time.monotonic() - started, 1),

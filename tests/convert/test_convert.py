@@ -58,7 +58,7 @@ def test_manifest_names_lane_tools_source_and_parity(published, lane, artifacts)
     manifest = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())
     export = json.loads((artifacts / "export.json").read_text())
     assert manifest["lane"] == lane.name and manifest["converter"] == lane.converter
-    assert manifest["source_onnx_sha256"] == export["onnx_sha256"]
+    assert manifest["source_onnx_sha256"] == export["onnx_sha256"] and manifest["source_onnx_is_the_export"]
     assert manifest["versions"]["tensorflow"] == tf.__version__
     assert manifest["parity"]["savedmodel_vs_pytorch"]["max_abs"] <= 1e-4
 
@@ -100,7 +100,9 @@ def test_a_weight_perturbed_after_export_fails_verify(lane, artifacts, tmp_path)
     weight.CopyFrom(numpy_helper.from_array(values, weight.name))
     onnx.save(model, str(broken / "model.onnx"))
     models = tmp_path / "models"
-    convert(lane.name, lane.converter, broken, models, "resnet18")  # TF still matches ONNX Runtime
+    version_dir = convert(lane.name, lane.converter, broken, models, "resnet18")  # TF still matches ONNX Runtime
+    manifest = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())
+    assert manifest["source_onnx_is_the_export"] is False
     failed = verify(lane.name, broken, models, "resnet18", tmp_path / "reports", None, Thresholds())
     assert any(line.startswith("batch 1, pytorch vs savedmodel: max abs error") for line in failed), failed
     assert any("pytorch vs onnxruntime" in line for line in failed)
