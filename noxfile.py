@@ -30,7 +30,8 @@ ARTIFACTS = ROOT / "artifacts"
 MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
-SOURCE_PATHS = [ROOT / "convert", ROOT / "toolchain"]
+# The project's packages, importable in every env without installing them into the shared cache.
+PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "toolchain"))
 
 
 def env_python(session: nox.Session, env: str) -> str:
@@ -52,16 +53,20 @@ def env_python(session: nox.Session, env: str) -> str:
 
 def run_in(session: nox.Session, env: str, *args: str) -> None:
     """Run `python *args` in a locked env, with the project's packages importable."""
-    pythonpath = os.pathsep.join(str(p) for p in SOURCE_PATHS)
     quiet_tf = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ info and warnings bury the progress lines
-    env_vars = {**session.env, "PYTHONPATH": pythonpath, **quiet_tf}
+    env_vars = {**session.env, "PYTHONPATH": PYTHONPATH, **quiet_tf}
     session.run(env_python(session, env), *args, env=env_vars, external=True)
+
+
+def _run_here(session: nox.Session, module: str, *args: str) -> None:
+    """Run a standard-library-only module of the project in the tools env nox itself runs in."""
+    session.run(sys.executable, "-m", module, *args, env={"PYTHONPATH": PYTHONPATH})
 
 
 @nox.session(python=False)
 def lock(session: nox.Session) -> None:
     """Resolve toolchain.toml against PyPI and rewrite toolchain.lock with sha256 hashes."""
-    session.run(sys.executable, "-m", "pt2tf_toolchain", "lock", env={"PYTHONPATH": str(ROOT / "toolchain")})
+    _run_here(session, "pt2tf_toolchain", "lock")
 
 
 @nox.session(python=False)
@@ -178,10 +183,6 @@ def _bench(session: nox.Session, env: str, out: Path, runtime: str, *args: str) 
     run_in(session, env, *cmd, "--out", str(out), *args, *session.posargs)
 
 
-def _bench_table(session: nox.Session, out: Path) -> None:
-    session.run(sys.executable, "-m", "pt2tf_convert.bench_table", str(out), env={"PYTHONPATH": str(ROOT / "convert")})
-
-
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
     """Bench PyTorch, ONNX Runtime and every converted lane in one run (reports/bench.md)."""
@@ -196,7 +197,7 @@ def bench(session: nox.Session) -> None:
             continue
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}"]
         _bench(session, lane.env_for("bench"), out / f"savedmodel-{index}-{lane.name}.json", "savedmodel", *args)
-    _bench_table(session, out)
+    _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 
 @nox.session(python=False, name="bench-levers")
@@ -212,11 +213,10 @@ def bench_levers(session: nox.Session) -> None:
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
         _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
         session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-    _bench_table(session, out)
+    _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 
 @nox.session(python=False, name="matrix-table", tags=["matrix"])
 def matrix_table(session: nox.Session) -> None:
     """Print every lane's parity report side by side (reports/matrix.md)."""
-    pythonpath = os.pathsep.join(str(p) for p in SOURCE_PATHS)
-    session.run(sys.executable, "-m", "pt2tf_convert.matrix_table", str(REPORTS), env={"PYTHONPATH": pythonpath})
+    _run_here(session, "pt2tf_convert.matrix_table", str(REPORTS))

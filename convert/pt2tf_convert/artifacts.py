@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ def load_reference(artifacts: Path) -> dict[str, np.ndarray]:
         raise ArtifactsError(f"{path} is missing: run the export stage for this lane first (nox -s export)")
     with np.load(path, allow_pickle=False) as ref:
         return {key: ref[key] for key in ref.files}
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def photo_bytes(ref: dict[str, np.ndarray]) -> list[bytes]:

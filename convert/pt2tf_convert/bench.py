@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import load_reference, photo_bytes
+from .runtimes import onnxruntime_session
 
 BATCH_SIZES = (1, 8, 32)
 
@@ -69,7 +70,7 @@ def _pytorch(ref: dict, args: argparse.Namespace) -> list[dict]:
 def _onnxruntime(ref: dict, args: argparse.Namespace) -> list[dict]:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(args.artifacts / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(args.artifacts / "model.onnx")
     results = []
     for batch in args.batch_sizes:
         x = batch_of(ref["inputs"], batch)

@@ -13,35 +13,23 @@ version directory behind.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from .artifacts import ArtifactsError, load_reference, photo_bytes
+from .artifacts import ArtifactsError, load_reference, photo_bytes, sha256
 from .backends import ConversionError, load_backend
 from .metrics import compare
 from .progress import step
 from .repository import RepositoryError, staged_version
+from .runtimes import onnxruntime_session, run_onnxruntime, run_serving
 from .support import check_supported
 
 MANIFEST_FILE = "pt2tf_manifest.json"
 # Conversion fidelity (TF vs ONNX Runtime on the same file): a converter bug, not a model change.
 CONVERSION_ATOL = 1e-4
-
-
-def run_signature(loaded: Any, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
-    """serving_default of a loaded SavedModel on `inputs`, in chunks of batch_size."""
-    import tensorflow as tf
-
-    fn = loaded.signatures["serving_default"]
-    chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
-    return np.concatenate([fn(input=tf.constant(c))["output"].numpy() for c in chunks])
 
 
 def convert(
@@ -62,7 +50,7 @@ def convert(
         onnx_model = check_supported(onnx_path, lane, backend)
     ref = load_reference(artifacts)
     export_manifest = json.loads((artifacts / "export.json").read_text())
-    onnx_sha256 = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    onnx_sha256 = sha256(onnx_path)
     with tempfile.TemporaryDirectory(prefix="pt2tf-convert-") as work:
         work = Path(work)
         with step(f"converting with {backend.NAME}"):
@@ -76,9 +64,8 @@ def convert(
                 if problems:
                     raise ConversionError("the SavedModel breaks the serving contract:\n  " + "\n  ".join(problems))
             with step("parity of the SavedModel against ONNX Runtime and PyTorch"):
-                session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-                ort_logits = session.run(["output"], {"input": ref["inputs"]})[0]
-                tf_logits = run_signature(loaded, ref["inputs"])
+                ort_logits = run_onnxruntime(onnxruntime_session(onnx_path), ref["inputs"], len(ref["inputs"]))
+                tf_logits = run_serving(loaded, ref["inputs"], 8)
                 vs_ort = compare(ort_logits, tf_logits)
                 vs_torch = compare(ref["logits"], tf_logits)
                 if vs_ort["max_abs"] > CONVERSION_ATOL:

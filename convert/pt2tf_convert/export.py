@@ -11,7 +11,6 @@ and ONNX Runtime reproduces PyTorch on the reference inputs at several batch siz
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import warnings
@@ -23,10 +22,12 @@ import onnxruntime
 import torch
 import torchvision
 
+from .artifacts import sha256
 from .atomic import replace_dir
 from .model import SEEDED, WeightsError, build_model
 from .progress import step
 from .reference import reference_inputs, save_reference
+from .runtimes import onnxruntime_session, run_onnxruntime
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -100,21 +101,6 @@ def check_opset(model: onnx.ModelProto, opset: int) -> None:
         raise ExportError(f"the exporter wrote opset {found.get('ai.onnx')}, the lane needs {opset}")
 
 
-def run_onnxruntime(path: Path, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Run the ONNX file on the CPU in chunks of `batch_size`."""
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    chunks = [inputs[i : i + batch_size] for i in range(0, len(inputs), batch_size)]
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: c})[0] for c in chunks])
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export(
     lane: str, exporter: str, opset: int, out: Path, weights: str = SEEDED, seed: int = 0, atol: float = 1e-5
 ) -> dict:
@@ -138,8 +124,9 @@ def export(
             batch_symbol = check_symbolic_batch(proto)
         errors = {}
         with step(f"running ONNX Runtime {onnxruntime.__version__} at batch sizes {CHECK_BATCH_SIZES}"):
+            session = onnxruntime_session(onnx_path)
             for batch_size in CHECK_BATCH_SIZES:
-                ort_logits = run_onnxruntime(onnx_path, ref.inputs, batch_size)
+                ort_logits = run_onnxruntime(session, ref.inputs, batch_size)
                 errors[batch_size] = float(np.max(np.abs(ort_logits - logits)))
         worst = max(errors.values())
         if worst > atol:

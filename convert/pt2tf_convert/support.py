@@ -10,21 +10,17 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from pt2tf_toolchain.matrix import load_matrix
+from pt2tf_toolchain.matrix import Matrix, load_matrix
 
 from .backends import Backend, ConversionError
 
 
-def _lanes_taking(ir_version: int, opset: int) -> list[str]:
-    return [
-        lane.name
-        for lane in load_matrix().lanes.values()
-        if ir_version <= lane.max_ir_version and lane.opsets[0] <= opset <= lane.opsets[1]
+def _other_lanes(matrix: Matrix, lane: str, ir_version: int, opset: int) -> str:
+    others = [
+        other.name
+        for other in matrix.lanes.values()
+        if other.name != lane and ir_version <= other.max_ir_version and other.opsets[0] <= opset <= other.opsets[1]
     ]
-
-
-def _other_lanes(lane: str, ir_version: int, opset: int) -> str:
-    others = [name for name in _lanes_taking(ir_version, opset) if name != lane]
     return f"lanes that take IR {ir_version} / opset {opset}: {', '.join(others)}" if others else "no lane takes it"
 
 
@@ -41,24 +37,25 @@ def check_supported(path: Path, lane: str, backend: Backend) -> onnx.ModelProto:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ConversionError(f"{path} imports no default-domain opset; it is not a model any lane converts")
-    lane_spec = load_matrix().lane(lane)
+    matrix = load_matrix()
+    lane_spec = matrix.lane(lane)
     if model.ir_version > lane_spec.max_ir_version:
         raise ConversionError(
             f"{path} has ONNX IR version {model.ir_version}; lane '{lane}' ({backend.describe()}) reads IR ≤ "
-            f"{lane_spec.max_ir_version}. {_other_lanes(lane, model.ir_version, opset)}. For this lane, "
+            f"{lane_spec.max_ir_version}. {_other_lanes(matrix, lane, model.ir_version, opset)}. For this lane, "
             "export with the TorchScript exporter (dynamo=False), which writes an older IR"
         )
     low, high = lane_spec.opsets
     if not low <= opset <= high:
         raise ConversionError(
             f"{path} uses opset {opset}; lane '{lane}' ({backend.describe()}) converts opsets {low}–{high}. "
-            f"{_other_lanes(lane, model.ir_version, opset)}"
+            f"{_other_lanes(matrix, lane, model.ir_version, opset)}"
         )
     missing = backend.unsupported_ops(model)
     if missing:
         raise ConversionError(
             f"{path}: {backend.describe()} (lane '{lane}') has no conversion for op "
-            f"{', '.join(missing)} at opset {opset}. {_other_lanes(lane, model.ir_version, opset)} may; "
+            f"{', '.join(missing)} at opset {opset}. {_other_lanes(matrix, lane, model.ir_version, opset)} may; "
             "otherwise replace the op in the PyTorch model before export"
         )
     return model

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 from pt2tf_convert import export as export_mod
-from pt2tf_convert.export import ExportError, check_symbolic_batch, export, export_onnx, run_onnxruntime
+from pt2tf_convert.export import ExportError, check_symbolic_batch, export, export_onnx
 from pt2tf_convert.model import WeightsError, build_model, seeded_resnet18
+from pt2tf_convert.runtimes import onnxruntime_session, run_onnxruntime
 from pt2tf_toolchain.matrix import load_matrix
 
 MATRIX = load_matrix()
@@ -48,7 +49,7 @@ def test_batch_axis_is_symbolic_in_the_file(exported):
 def test_onnxruntime_matches_pytorch_within_1e5(exported, batch_size):
     _, _, out, _ = exported
     ref = np.load(out / "reference.npz", allow_pickle=False)
-    got = run_onnxruntime(out / "model.onnx", ref["inputs"], batch_size)
+    got = run_onnxruntime(onnxruntime_session(out / "model.onnx"), ref["inputs"], batch_size)
     assert got.shape == (16, 1000)
     assert np.max(np.abs(got - ref["logits"])) <= 1e-5
 
