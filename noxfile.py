@@ -31,7 +31,7 @@ MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
 # The project's packages, importable in every env without installing them into the shared cache.
-PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "toolchain"))
+PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "serve", "toolchain"))
 
 
 def env_python(session: nox.Session, env: str) -> str:
@@ -77,28 +77,30 @@ def lint(session: nox.Session) -> None:
 
 
 # Each suite runs in the env whose packages it imports; convert-<lane> runs in that lane's env.
+LANE_SUITES = ("convert", "serve")
 TEST_SUITES = {"toolchain": "tools", "export": "export"} | {
-    f"convert-{lane.name}": lane.env_for("convert") for lane in MATRIX.lanes.values()
+    f"{kind}-{lane.name}": lane.env_for(kind) for lane in MATRIX.lanes.values() for kind in LANE_SUITES
 }
 
 
 @nox.session(python=False)
 @nox.parametrize("suite", list(TEST_SUITES), ids=list(TEST_SUITES))
 def tests(session: nox.Session, suite: str) -> None:
-    """Run one test suite in its locked env (convert suites first export their lane afresh)."""
+    """Run one test suite in its locked env (convert and serve suites first export their lane afresh)."""
     env = TEST_SUITES[suite]
     if env == "tools":
         session.run(sys.executable, "-m", "pytest", f"tests/{suite}", *session.posargs)
         return
-    if not suite.startswith("convert-"):
+    kind, _, lane_name = suite.partition("-")
+    if kind not in LANE_SUITES:
         run_in(session, env, "-m", "pytest", f"tests/{suite}", *session.posargs)
         return
-    lane = MATRIX.lane(suite.removeprefix("convert-"))
+    lane = MATRIX.lane(lane_name)
     with tempfile.TemporaryDirectory(prefix=f"pt2tf-test-{lane.name}-") as tmp:
         artifacts = Path(tmp) / "artifacts"
         _export(session, lane, out=artifacts)
         session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
-        run_in(session, env, "-m", "pytest", "tests/convert", *session.posargs)
+        run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
 def _model_args(lane: str) -> list[str]:
@@ -143,11 +145,34 @@ def _verify(session: nox.Session, lane: Lane) -> None:
     )
 
 
+DOCKER_CONFIG = ROOT / "docker" / "config"
+
+
+def server_flags() -> list[str]:
+    """docker/config/server.flags: the tensorflow_model_server flags compose and the embedded server share."""
+    lines = (DOCKER_CONFIG / "server.flags").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _serve(session: nox.Session, lane: Lane) -> None:
+    """Serve in the foreground until Ctrl-C; posargs after `--` are more tensorflow_model_server flags."""
+    if not (MODELS / lane.name / MODEL_NAME).is_dir():
+        session.error(
+            f"lane {lane.name} has no converted model in {MODELS / lane.name}: run nox -s convert-{lane.name}"
+        )
+    volumes = [f"--volume={DOCKER_CONFIG}:/config", f"--volume={MODELS / lane.name}:/models"]
+    session.log(f"embedded server (pt2tf-serve) on lane {lane.name}, standing in for {lane.serving_image}")
+    run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *server_flags(), *volumes, *session.posargs)
+
+
 STAGES = {
     "export": (_export, "Export ResNet18 to ONNX + PyTorch reference"),
     "convert": (_convert, "Convert the ONNX export to a TF Serving model version"),
     "verify": (_verify, "Verify the SavedModel against PyTorch and ONNX Runtime"),
+    "serve": (_serve, "Serve the model repository with the embedded TF-Serving-compatible server"),
 }
+# Stages that finish by themselves; `serve` runs until stopped, so it is not part of `nox -t matrix`.
+BATCH_STAGES = ("export", "convert", "verify")
 
 
 def _describe(lane: Lane) -> str:
@@ -171,7 +196,8 @@ def _register_lane_sessions() -> None:
                 run(session, lane)
 
             lane_session.__doc__ = f"{summary}, lane {lane.name} ({_describe(lane)})."
-            nox.session(python=False, name=f"{stage}-{lane.name}", tags=["matrix"])(lane_session)
+            tags = ["matrix"] if stage in BATCH_STAGES else []
+            nox.session(python=False, name=f"{stage}-{lane.name}", tags=tags)(lane_session)
 
 
 _register_lane_sessions()

@@ -1,4 +1,4 @@
-"""The convert suite runs in one lane's env; nox passes the lane and a fresh export of it."""
+"""Lane suites (convert-<lane>, serve-<lane>) run in one lane's env; nox passes the lane and a fresh export of it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pt2tf_toolchain.matrix import load_matrix
 def lane():
     name = os.environ.get("PT2TF_LANE")
     if not name:
-        pytest.fail("PT2TF_LANE is not set: run this suite through nox (nox -s 'tests(convert-<lane>)')")
+        pytest.fail("PT2TF_LANE is not set: run this suite through nox: nox -s 'tests(convert-<lane>)'")
     return load_matrix().lane(name)
 
 

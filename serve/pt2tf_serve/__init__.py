@@ -1,0 +1,1 @@
+"""An embedded server that stands in for tensorflow_model_server: same flags, files and protocol."""

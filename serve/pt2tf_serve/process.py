@@ -1,0 +1,105 @@
+"""Run pt2tf-serve as a child process on free loopback ports, and stop it for sure: for tests and benches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+READY_LINE = "[pt2tf-serve] ready"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 the OS says is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_flags_file(path: Path) -> list[str]:
+    """Flags one per line, '#' comments skipped (docker/config/server.flags)."""
+    lines = Path(path).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+class ServerProcess:
+    """`with ServerProcess(flags) as server:` — started, ready, and stopped (SIGTERM, then SIGKILL) on exit."""
+
+    def __init__(self, flags: list[str], startup_timeout: float = 300.0, env: dict[str, str] | None = None):
+        self.grpc_port = free_port()
+        self.rest_port = free_port()
+        # Later flags win, so the ports asked of the OS override any in `flags`.
+        self.flags = [*flags, f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}"]
+        self.startup_timeout = startup_timeout
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.log_path = Path(tempfile.mkstemp(prefix="pt2tf-serve-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def start(self) -> ServerProcess:
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pt2tf_serve.server", *self.flags],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,  # its own process group: a stop reaches every child
+            )
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if READY_LINE in self.log():
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"pt2tf-serve exited with {self.process.returncode} before it was ready:\n{self.tail()}"
+                )
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"pt2tf-serve was not ready within {self.startup_timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        noise = ("computation_placer", "cuda_", "cuInit", "absl::InitializeLog")
+        kept = [line for line in self.log().splitlines() if not any(n in line for n in noise)]
+        return "\n".join(kept[-lines:])
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, wait for a graceful exit, SIGKILL the group if it does not come; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """Resident memory of the server (VmRSS now, or VmHWM: the peak so far)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"{field} not in /proc/{self.process.pid}/status")
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        self.log_path.unlink(missing_ok=True)

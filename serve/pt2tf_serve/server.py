@@ -1,0 +1,245 @@
+"""pt2tf-serve: the embedded stand-in for tensorflow_model_server (TF Serving's server.cc).
+
+    pt2tf-serve --port=8500 --rest_api_port=8501 --model_name=resnet18 \\
+        --model_base_path=$PWD/models/onnx2tf/resnet18 --enable_batching \\
+        --batching_parameters_file=docker/config/batching.config \\
+        --monitoring_config_file=docker/config/monitoring.config
+
+It owns the ports and flags: it loads the models (blocking until they are AVAILABLE, as TF
+Serving does), starts the gRPC and REST doors, polls the file system and the config file, and on
+SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from aiohttp import web
+
+from .config import ConfigError, load_batching, load_model_config, load_monitoring, single_model_config
+from .core import ServerCore
+from .core import log as _log
+from .flags import FlagError, Options, help_text, parse_flags
+from .grpc_services import start_grpc
+from .metrics import Metrics
+from .predict import Predictor, find_signature
+from .protocol import from_tensor_proto
+from .rest import RestApi
+from .servable import Servable
+from .status import ServingError
+
+SHUTDOWN_GRACE_SECONDS = 30
+
+
+def session_config(options: Options) -> tf.compat.v1.ConfigProto:
+    """The ConfigProto every version's Session gets, from the thread flags."""
+    return tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=options.tensorflow_intra_op_parallelism,
+        inter_op_parallelism_threads=options.tensorflow_inter_op_parallelism,
+    )
+
+
+def warmup_runner(options: Options, metrics: Metrics):
+    """Replays a version's warmup records before it becomes AVAILABLE (TF Serving's saved_model_warmup)."""
+    iterations = options.num_request_iterations_for_warmup if options.num_request_iterations_for_warmup > 0 else 1
+
+    def run(servable: Servable) -> None:
+        started = time.monotonic()
+        logs = servable.warmup_requests()
+        status = "OK"
+        try:
+            for log in logs:
+                kind = log.WhichOneof("log_type")
+                if kind != "predict_log":
+                    raise ServingError("UNIMPLEMENTED", f"Unsupported log_type for warmup: {kind}")
+                request = log.predict_log.request
+                signature = find_signature(servable, request.model_spec.signature_name, rest=False)
+                inputs = {alias: from_tensor_proto(proto, alias) for alias, proto in request.inputs.items()}
+                outputs = tuple(request.output_filter) or tuple(signature.outputs)
+                for _ in range(iterations):
+                    servable.run(signature, {k: np.asarray(v) for k, v in inputs.items()}, outputs)
+        except ServingError as error:
+            status = f"{error.code}: {error.message}"
+            raise
+        finally:
+            metrics.warmup(str(servable.path), status, time.monotonic() - started, len(logs))
+        if logs:
+            _log(
+                f"Finished reading warmup data for model at {servable.path}. Number of warmup records read: "
+                f"{len(logs)}. Elapsed time (microseconds): {(time.monotonic() - started) * 1e6:.0f}."
+            )
+
+    return run
+
+
+class ModelServer:
+    """Everything one `pt2tf-serve` process runs."""
+
+    def __init__(self, options: Options):
+        self.options = options
+        self.metrics = Metrics()
+        cores = options.cores
+        path = options.host_path
+        batching_file = path(options.batching_parameters_file) if options.batching_parameters_file else None
+        self.batching = load_batching(batching_file, cores) if options.enable_batching else None
+        monitoring = path(options.monitoring_config_file) if options.monitoring_config_file else None
+        self.metrics_path = load_monitoring(monitoring)
+        if options.model_config_file:
+            self.config_source = options.model_config_file
+            self.config = load_model_config(path(options.model_config_file))
+        else:
+            self.config_source = "--model_base_path"
+            self.config = single_model_config(options.model_name, options.model_base_path)
+        for volume in options.volume:
+            host = Path(volume.rsplit(":", 1)[0])
+            if not host.is_dir():
+                raise ConfigError(f"--volume={volume}: {host.resolve()} is not a directory")
+
+        def on_batch(_queue, stats):
+            self.metrics.batch(stats.input_size, stats.padded_size, stats.queuing_seconds)
+
+        self.core = ServerCore(
+            session_config(options),
+            [t for t in options.saved_model_tags.split(",") if t],
+            self.batching,
+            options.allow_version_labels_for_unavailable_models,
+            options.max_num_load_retries,
+            options.load_retry_interval_micros / 1e6,
+            warmup_runner(options, self.metrics) if options.enable_model_warmup else None,
+            on_batch=on_batch,
+            host_path=options.host_path,
+        )
+        self.predictor = Predictor(self.core, self.metrics)
+        self._stop = threading.Event()
+        self._reload_lock = threading.Lock()
+        self.grpc_server = None
+        self.grpc_port = 0
+        self.rest_port = 0
+
+    def reload(self, config) -> None:
+        """Serve a new ModelServerConfig (gRPC HandleReloadConfigRequest, or the polled config file)."""
+        with self._reload_lock:
+            self.core.set_config(config, "HandleReloadConfigRequest", self.options.file_system_poll_wait_seconds)
+            self.config = config
+
+    def _poll_file_system(self) -> None:
+        wait = self.options.file_system_poll_wait_seconds
+        while not self._stop.wait(wait):
+            try:
+                self.core.poll()
+            except Exception as exc:  # a poll that fails must not end polling
+                _log(f"file system poll failed: {exc}")
+
+    def _poll_config_file(self) -> None:
+        wait = self.options.model_config_file_poll_wait_seconds
+        path = self.options.host_path(self.options.model_config_file)
+        while not self._stop.wait(wait):
+            try:
+                config = load_model_config(path)
+                if config != self.config:
+                    _log(f"{path} changed: reloading the served models")
+                    self.reload(config)
+            except (ConfigError, ServingError) as exc:
+                _log(f"PollFilesystemAndReloadConfig failed to ReloadConfig: {exc}")
+
+    def start_models(self) -> None:
+        """Load the initial models; returns once each has an AVAILABLE version (or raises)."""
+        self.core.set_config(self.config, self.config_source, self.options.file_system_poll_wait_seconds)
+        if self.options.file_system_poll_wait_seconds > 0:
+            threading.Thread(target=self._poll_file_system, name="fs-poll", daemon=True).start()
+        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
+            threading.Thread(target=self._poll_config_file, name="config-poll", daemon=True).start()
+
+    def start_grpc(self) -> None:
+        options = self.options
+        max_threads = options.grpc_max_threads or 4 * options.cores
+        address = f"{options.bind_address}:{options.port}"
+        self.grpc_server, self.grpc_port = start_grpc(
+            self.core, self.predictor, self.metrics, self.reload, address, max_threads,
+            options.enable_serialization_as_tensor_content,
+        )  # fmt: skip
+        _log(f"Running gRPC ModelServer at {options.bind_address}:{self.grpc_port} ...")
+
+    async def serve_rest(self, stopping: asyncio.Event) -> None:
+        """Serve REST (if enabled) until `stopping` is set, then shut both doors down gracefully."""
+        options = self.options
+        rest = None
+        runner = None
+        if options.rest_api_port:
+            rest = RestApi(
+                self.core,
+                self.predictor,
+                self.metrics,
+                options.rest_api_num_threads or 4 * options.cores,
+                options.rest_api_timeout_in_ms,
+                self.metrics_path,
+            )
+            runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+            await runner.setup()
+            site = web.TCPSite(runner, options.bind_address, options.rest_api_port, reuse_address=True)
+            await site.start()
+            self.rest_port = options.rest_api_port
+            _log(f"Exporting HTTP/REST API at:{options.bind_address}:{options.rest_api_port} ...")
+            if self.metrics_path:
+                _log(f"Prometheus metrics at http://{options.bind_address}:{options.rest_api_port}{self.metrics_path}")
+        _log("ready")
+        await stopping.wait()
+        _log("stopping: no new requests; finishing those in flight")
+        grpc_stopped = self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
+        if runner is not None:
+            await runner.cleanup()  # closes the listener, then waits for in-flight handlers
+            rest.close()
+        await asyncio.get_running_loop().run_in_executor(None, grpc_stopped.wait)
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self.core.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("--help", "-h", "--helpfull") for arg in argv):
+        print(help_text())
+        return 0
+    try:
+        options = parse_flags(argv)
+        server = ModelServer(options)
+    except (FlagError, ConfigError) as exc:
+        print(f"pt2tf-serve: error: {exc}", file=sys.stderr)
+        return 2
+    loop = asyncio.new_event_loop()
+    stopping = asyncio.Event()
+
+    def request_stop(signum, _frame=None):
+        _log(f"received {signal.Signals(signum).name}")
+        loop.call_soon_threadsafe(stopping.set)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        server.start_models()
+        server.start_grpc()
+        loop.run_until_complete(server.serve_rest(stopping))
+    except ServingError as exc:
+        print(f"Failed to start server. Error: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pt2tf-serve: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        server.shutdown()
+        loop.close()
+    _log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
