@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 READY_LINE = "[pt2tf-serve] ready"
+# docker/config/: the flags and config files compose gives the real image (a source checkout's)
+DOCKER_CONFIG = Path(__file__).resolve().parents[2] / "docker" / "config"
 
 
 def free_port() -> int:
@@ -25,6 +28,22 @@ def read_flags_file(path: Path) -> list[str]:
     """Flags one per line, '#' comments skipped (docker/config/server.flags)."""
     lines = Path(path).read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def config_copy(folder: Path, models_config: Path | None = None, batching: str | None = None) -> Path:
+    """A copy of docker/config/ in `folder`, with another models.config or batching parameters if given."""
+    shutil.copytree(DOCKER_CONFIG, folder)
+    if models_config is not None:
+        shutil.copy(models_config, folder / "models.config")
+    if batching is not None:
+        (folder / "batching.config").write_text(batching)
+    return folder
+
+
+def embedded_flags(config: Path, models: Path, *extra: str) -> list[str]:
+    """server.flags of a config folder, its container paths mapped onto `config` and `models`, then `extra`."""
+    flags = read_flags_file(config / "server.flags")
+    return [*flags, f"--volume={config}:/config", f"--volume={models}:/models", *extra]
 
 
 class ServerProcess:

@@ -59,6 +59,9 @@ class RestApi:
         self.timeout = timeout_ms / 1000
         self.metrics_path = metrics_path
         self.pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
+        self.in_flight = 0
+        self.stopping = False
+        self._idle: asyncio.Event | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
@@ -66,6 +69,11 @@ class RestApi:
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.stopping:  # a new request on a kept-alive connection while draining
+            response = _error(ServingError("UNAVAILABLE", "the server is shutting down"))
+            response.force_close()
+            return response
+        self.in_flight += 1
         try:
             return await self._route(request)
         except (ServingError, web.HTTPException):
@@ -73,6 +81,22 @@ class RestApi:
         except Exception as exc:  # a bug must still answer in TF Serving's shape, and the server lives on
             log(f"internal error on {request.method} {request.path}: {type(exc).__name__}: {exc}")
             return _error(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new requests, then wait up to `timeout` for those in flight; True when none is left."""
+        self.stopping = True
+        if self.in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]

@@ -13,6 +13,7 @@ SIGTERM or Ctrl-C stops accepting, finishes the requests in flight and exits 0.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .config import ConfigError, load_batching, load_model_config, load_monitoring, single_model_config
 from .core import ServerCore
@@ -194,7 +196,12 @@ class ModelServer:
         _log("stopping: no new requests; finishing those in flight")
         grpc_stopped = self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         if runner is not None:
-            await runner.cleanup()  # closes the listener, then waits for in-flight handlers
+            for site in list(runner.sites):
+                await site.stop()  # no new connections
+            # aiohttp's own shutdown stops reading request bodies still arriving; drain first.
+            if not await rest.drain(SHUTDOWN_GRACE_SECONDS):
+                _log(f"{rest.in_flight} REST requests still running after {SHUTDOWN_GRACE_SECONDS} s; closing")
+            await runner.cleanup()
             rest.close()
         await asyncio.get_running_loop().run_in_executor(None, grpc_stopped.wait)
         self._stop.set()
@@ -202,6 +209,22 @@ class ModelServer:
     def shutdown(self) -> None:
         self._stop.set()
         self.core.shutdown()
+
+
+class _OneLineHttpErrors(logging.Filter):
+    """A client's malformed HTTP request is the client's problem: one log line, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            record.msg, record.args = f"bad HTTP request refused: {record.exc_info[1]}".replace("\n", " "), ()
+            record.exc_info = None
+        return True
+
+
+def _quiet_logs() -> None:
+    logging.basicConfig(format="[pt2tf-serve] %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_OneLineHttpErrors())
+    tf.get_logger().setLevel(logging.ERROR)  # deprecation notices of the v1 loader TF Serving's path needs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FlagError, ConfigError) as exc:
         print(f"pt2tf-serve: error: {exc}", file=sys.stderr)
         return 2
+    _quiet_logs()
     loop = asyncio.new_event_loop()
     stopping = asyncio.Event()
 

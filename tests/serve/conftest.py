@@ -21,10 +21,8 @@ import pytest
 import tensorflow as tf
 from pt2tf_convert.artifacts import load_reference, photo_bytes
 from pt2tf_convert.convert import convert
-from pt2tf_serve.process import ServerProcess, read_flags_file
+from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCKER_CONFIG = ROOT / "docker" / "config"
 CONFORMANCE_CONFIG = Path(__file__).parent / "conformance" / "models.config"
 MODEL = "resnet18"
 
@@ -77,28 +75,12 @@ def expected(repository, reference) -> Expected:
     return Expected(tensors, logits, photos, photo_outputs, [str(x) for x in reference["labels"]])
 
 
-def config_dir(tmp_path: Path, models_config: Path = CONFORMANCE_CONFIG, batching: str | None = None) -> Path:
-    """A /config folder: docker/config's files, with another models.config and batching file if given."""
-    folder = tmp_path / "config"
-    shutil.copytree(DOCKER_CONFIG, folder)
-    shutil.copy(models_config, folder / "models.config")
-    if batching is not None:
-        (folder / "batching.config").write_text(batching)
-    return folder
-
-
-def server_flags(config: Path, models: Path, *extra: str) -> list[str]:
-    """docker/config/server.flags with the container paths mapped to these folders, then `extra`."""
-    flags = read_flags_file(config / "server.flags")
-    return [*flags, f"--volume={config}:/config", f"--volume={models}:/models", *extra]
-
-
 def _start(tmp_path_factory, repository: Path, reference, batching: bool) -> ServerProcess:
-    config = config_dir(tmp_path_factory.mktemp("config"))
+    config = config_copy(tmp_path_factory.mktemp("server") / "config", CONFORMANCE_CONFIG)
     extra = ["--allow_version_labels_for_unavailable_models=true"]
     if not batching:
         extra += ["--enable_batching=false", "--batching_parameters_file="]
-    return ServerProcess(server_flags(config, repository, *extra)).start()
+    return ServerProcess(embedded_flags(config, repository, *extra)).start()
 
 
 def _external(reference) -> Target | None:
