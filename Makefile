@@ -8,14 +8,19 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix lane lint-and-export-tests bench lock tools clean clean-envs help
+.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench lock tools clean clean-envs help
 LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().default_lane)")
+SERVING_IMAGE = $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().lane('$(LANE)').serving_image)")
+# auto: the real image in Docker when an engine answers and the lane's image is present, else the embedded server
+SERVER ?= auto
 
 help:
-	@echo "make all        export → convert → verify on the default lane, then the report paths"
+	@echo "make all        export → convert → verify → serve check on the default lane, then the report paths"
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
 	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert test suite"
+	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
+	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
 	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
 	@echo "make lock       regenerate toolchain.lock from toolchain.toml"
 	@echo "make clean      remove artifacts/, models/, reports/"
@@ -32,6 +37,8 @@ all: tools
 	@$(NOX) -s convert
 	@echo "==> verify: PyTorch vs ONNX Runtime vs SavedModel (default lane)"
 	@$(NOX) -s verify
+	@echo "==> serve check: the embedded server answers REST and gRPC as in-process TensorFlow does"
+	@$(NOX) -s serve-check
 	@echo "==> done. Reports:"
 	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png models/*/resnet18/* 2>/dev/null
 
@@ -54,6 +61,23 @@ lint-and-export-tests: tools
 bench: tools
 	@echo "==> bench: PyTorch, ONNX Runtime and each converted lane in one run"
 	@$(NOX) -s bench
+
+serve: tools
+	@case "$(SERVER)" in auto|docker|embedded) ;; *) echo "SERVER=$(SERVER): use auto, docker or embedded"; exit 2;; esac
+	@if [ "$(SERVER)" = docker ] && ! docker info >/dev/null 2>&1; then \
+	  echo "SERVER=docker: no Docker engine answers (docker info failed); use SERVER=embedded"; exit 2; fi
+	@if [ "$(SERVER)" = docker ] || { [ "$(SERVER)" = auto ] && docker info >/dev/null 2>&1 \
+	      && docker image inspect $(SERVING_IMAGE) >/dev/null 2>&1; }; then \
+	  echo "==> serve: $(SERVING_IMAGE) in Docker (docker/compose.yaml), lane $(LANE); Ctrl-C stops it"; \
+	  LANE=$(LANE) SERVING_IMAGE=$(SERVING_IMAGE) docker compose -f docker/compose.yaml up; \
+	else \
+	  echo "==> serve: the embedded server (no Docker engine or no $(SERVING_IMAGE) here), lane $(LANE); Ctrl-C stops it"; \
+	  $(NOX) -s serve-$(LANE); \
+	fi
+
+serve-bench: tools
+	@echo "==> serve-bench: in-process vs served, batching on vs off, REST vs gRPC (default lane)"
+	@$(NOX) -s serve-bench
 
 lock: tools
 	@echo "==> resolving toolchain.toml → toolchain.lock"

@@ -242,6 +242,25 @@ def bench_levers(session: nox.Session) -> None:
     _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 
+@nox.session(python=False, name="serve-check")
+def serve_check(session: nox.Session) -> None:
+    """Serve the default lane's model, classify the photos over REST and gRPC, compare with in-process TF."""
+    lane = MATRIX.lane(None)
+    args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
+    run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.check", *args)
+
+
+@nox.session(python=False, name="serve-bench")
+def serve_bench(session: nox.Session) -> None:
+    """Served vs in-process throughput, batching on vs off, REST vs gRPC, default lane (reports/serve-bench.md)."""
+    lane = MATRIX.lane(None)
+    if not (MODELS / lane.name / MODEL_NAME).is_dir():
+        session.error(f"lane {lane.name} has no converted model: run nox -s export convert first")
+    args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
+    run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.bench", *args, "--out", str(REPORTS / "serve-bench.md"),
+           *session.posargs)  # fmt: skip
+
+
 @nox.session(python=False, name="matrix-table", tags=["matrix"])
 def matrix_table(session: nox.Session) -> None:
     """Print every lane's parity report side by side (reports/matrix.md)."""

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,8 +60,37 @@ class _Batch:
     opened: float = field(default_factory=time.monotonic)
 
 
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {key: np.concatenate([p[key] for p in parts]) if len(parts) > 1 else parts[0][key] for key in parts[0]}
+def _concat(parts: list[dict[str, np.ndarray]], pad_variable_length: bool = False) -> dict[str, np.ndarray]:
+    """Requests' inputs joined along the batch axis (padded at the end of other axes when allowed)."""
+    if len(parts) == 1:
+        return dict(parts[0])
+    joined = {}
+    for key in parts[0]:
+        tensors = [p[key] for p in parts]
+        shapes = {t.shape[1:] for t in tensors}
+        if len(shapes) > 1:
+            if not pad_variable_length:
+                raise ServingError(
+                    "FAILED_PRECONDITION",
+                    f"Tensors with name '{key}' from different tasks have different shapes and padding is turned "
+                    "off. Set pad_variable_length_inputs to true, or ensure that all tensors with the same name "
+                    "have equal dimensions starting with the first dim.",
+                )
+            tensors = _pad_to_common_shape(tensors)
+        joined[key] = np.concatenate(tensors)
+    return joined
+
+
+def _pad_to_common_shape(tensors: list[np.ndarray]) -> list[np.ndarray]:
+    """Pad each tensor at the end of axes 1.. to the largest size, with its own first element (as TF Serving)."""
+    target = np.max([t.shape for t in tensors], axis=0)
+    padded = []
+    for tensor in tensors:
+        if tensor.size == 0:
+            raise ServingError("FAILED_PRECONDITION", "Got empty tensor in batch of non-empty tensors.")
+        widths = [(0, 0)] + [(0, int(want - have)) for want, have in zip(target[1:], tensor.shape[1:], strict=True)]
+        padded.append(np.pad(tensor, widths, constant_values=tensor.flat[0]))
+    return padded
 
 
 class BatchQueue:
@@ -154,36 +183,38 @@ class BatchQueue:
         if not tasks:
             return None
         size = sum(t.size for t in tasks)
-        inputs = _concat([t.inputs for t in tasks])
+        padded = self._padded_size(size)
+        stats = BatchStats(size, padded, [started - t.enqueued for t in tasks])
+        try:
+            self._execute(tasks)
+        except Exception as exc:
+            if len(tasks) == 1:
+                tasks[0].future.set_exception(exc)
+                return stats
+            # One request's bad input (an undecodable image, say) would fail everyone batched with it,
+            # as it does in TF Serving; run them one by one instead, so only that request fails.
+            for task in tasks:
+                try:
+                    self._execute([task])
+                except Exception as alone:
+                    task.future.set_exception(alone)
+        return stats
+
+    def _execute(self, tasks: list[_Task]) -> None:
+        """Run `tasks` as one batch, padded to an allowed size, and answer each with its own rows."""
+        size = sum(t.size for t in tasks)
+        inputs = _concat([t.inputs for t in tasks], self.options.pad_variable_length_inputs)
         padded = self._padded_size(size)
         if padded > size:  # TF Serving pads with copies of the first row of the last request
             inputs = {
                 k: np.concatenate([v, np.repeat(tasks[-1].inputs[k][:1], padded - size, axis=0)])
                 for k, v in inputs.items()
             }
-        stats = BatchStats(size, padded, [started - t.enqueued for t in tasks])
-        try:
-            outputs = self._run(inputs)
-        except Exception as exc:
-            if len(tasks) == 1:
-                tasks[0].future.set_exception(exc)
-            else:
-                # One request's bad input (an undecodable image, say) would fail everyone batched with it,
-                # as it does in TF Serving; run them one by one instead, so only that request fails.
-                for task in tasks:
-                    self._run_alone(task)
-            return stats
+        outputs = self._run(inputs)
         offset = 0
         for task in tasks:
             task.future.set_result({k: v[offset : offset + task.size] for k, v in outputs.items()})
             offset += task.size
-        return stats
-
-    def _run_alone(self, task: _Task) -> None:
-        try:
-            task.future.set_result(self._run(task.inputs))
-        except Exception as exc:
-            task.future.set_exception(exc)
 
     def _padded_size(self, size: int) -> int:
         for allowed in self.options.allowed_batch_sizes:
@@ -197,24 +228,36 @@ class BatchQueue:
 
 
 def _gather(parts: list[Future]) -> Future:
-    """A future of the parts' outputs concatenated in order (a split request reassembled)."""
+    """A future of the parts' outputs concatenated in order (a split request reassembled).
+
+    Cancelling it cancels the parts still queued, so a request given up on does not run.
+    """
     whole: Future = Future()
     remaining = [len(parts)]
     lock = threading.Lock()
 
-    def done(_: Future) -> None:
+    def part_done(_: Future) -> None:
         with lock:
             remaining[0] -= 1
             if remaining[0]:
                 return
-        errors = [p.exception() for p in parts if p.exception() is not None]
-        if errors:
-            whole.set_exception(errors[0])
-        else:
-            whole.set_result(_concat([p.result() for p in parts]))
+        errors = [p.exception() for p in parts if not p.cancelled() and p.exception() is not None]
+        try:
+            if errors:
+                whole.set_exception(errors[0])
+            else:
+                whole.set_result(_concat([p.result() for p in parts]))
+        except InvalidStateError:  # the caller cancelled it meanwhile
+            pass
 
+    def whole_done(future: Future) -> None:
+        if future.cancelled():
+            for part in parts:
+                part.cancel()
+
+    whole.add_done_callback(whole_done)
     for part in parts:
-        part.add_done_callback(done)
+        part.add_done_callback(part_done)
     return whole
 
 

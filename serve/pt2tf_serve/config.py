@@ -79,7 +79,12 @@ def check_model_config(config: model_server_config_pb2.ModelServerConfig, source
         seen.add(model.name)
         if not model.base_path:
             raise ConfigError(f"{at}: model '{model.name}' has no base_path")
-        if model.model_platform not in ("", "tensorflow"):
+        if not model.model_platform:
+            raise ConfigError(
+                f"{at}: Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                f'ModelServerConfig::model_platform, model name is {model.name}: add model_platform: "tensorflow"'
+            )
+        if model.model_platform != "tensorflow":
             raise ConfigError(
                 f"{at}: model '{model.name}': model_platform '{model.model_platform}' is not served here; "
                 "use 'tensorflow'"
@@ -94,6 +99,11 @@ def check_model_config(config: model_server_config_pb2.ModelServerConfig, source
                 raise ConfigError(f"{at}: model '{model.name}': version label '{label}' is not a valid label")
             if version <= 0:
                 raise ConfigError(f"{at}: model '{model.name}': label '{label}' points to version {version}")
+        if not model.model_platform:
+            raise ConfigError(
+                f"{at}: Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+                f'ModelServerConfig::model_platform, model name is {model.name}: add model_platform: "tensorflow"'
+            )
 
 
 # ---------------------------------------------------------------------------- batching
@@ -141,6 +151,14 @@ def batching_from_proto(params: Message, source: str, num_cores: int) -> Batchin
             raise ConfigError(f"{source}: {field} must be positive, not {getattr(batching, field)}")
     if batching.batch_timeout_micros < 0:
         raise ConfigError(f"{source}: batch_timeout_micros must not be negative")
+    if (
+        batching.enable_large_batch_splitting
+        and params.HasField("max_execution_batch_size")
+        and (batching.max_execution_batch_size <= 0)
+    ):
+        raise ConfigError(
+            f"{source}: max_execution_batch_size must be positive, not {batching.max_execution_batch_size}"
+        )
     if batching.enable_large_batch_splitting and batching.max_execution_batch_size > batching.max_batch_size:
         raise ConfigError(f"{source}: max_execution_batch_size must not exceed max_batch_size")
     sizes = batching.allowed_batch_sizes

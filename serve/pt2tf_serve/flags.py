@@ -11,6 +11,7 @@ Two flags are the embedded server's own:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -98,10 +99,10 @@ assert {f.name for f in fields(Options)} == set(FLAGS), "Options and FLAGS must 
 
 
 def _convert(name: str, kind: type, raw: str | None):
-    if kind is bool:
-        if raw is None or raw.lower() in ("true", "1"):
+    if kind is bool:  # TF Serving's parser takes exactly these
+        if raw is None or raw == "true":
             return True
-        if raw.lower() in ("false", "0"):
+        if raw == "false":
             return False
         raise FlagError(f"flag --{name}: '{raw}' is not a boolean (use --{name}=true or --{name}=false)")
     if raw is None:
@@ -109,10 +110,9 @@ def _convert(name: str, kind: type, raw: str | None):
     if kind is tuple:
         return (raw,)
     if kind is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise FlagError(f"flag --{name}: '{raw}' is not an integer") from None
+        if not re.fullmatch(r"-?[0-9]+", raw):
+            raise FlagError(f"flag --{name}: '{raw}' is not an integer")
+        return int(raw)
     return raw
 
 
@@ -120,9 +120,9 @@ def parse_flags(argv: list[str]) -> Options:
     """Parse TF Serving's flags; an unknown flag or a stray argument is an error naming it."""
     values = {name: default for name, (_, default, _) in FLAGS.items()}
     for arg in argv:
-        if not arg.startswith("-"):
+        if not arg.startswith("--"):
             raise FlagError(f"unknown argument: {arg} (flags are written --name=value)")
-        name, eq, raw = arg.lstrip("-").partition("=")
+        name, eq, raw = arg[2:].partition("=")
         if name not in FLAGS:
             raise FlagError(f"unknown argument: {arg} (`pt2tf-serve --help` lists the flags)")
         value = _convert(name, FLAGS[name][0], raw if eq else None)

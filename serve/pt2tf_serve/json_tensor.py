@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,24 @@ def error_body(message: str) -> bytes:
     return b'{\n    "error": ' + orjson.dumps(message) + b"\n}"
 
 
+# rapidjson's kParseNanAndInfFlag also reads Inf and -Inf; the standard library knows only Infinity.
+_BARE_INF = re.compile(rb"(?<![\w\"])(-?)Inf(?![\w\"])")
+
+
 def decode_json(body: bytes) -> dict:
-    """The request body as a JSON object; NaN and Infinity are accepted, as TF Serving's parser does."""
+    """The request body as a JSON object, read as TF Serving's parser reads it.
+
+    NaN, Inf and Infinity are numbers, and text after the first complete value is ignored.
+    orjson refuses both, so such bodies take the standard library's slower path.
+    """
     if not body.strip():
         raise bad("JSON Parse error: The document is empty.")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:
-            doc = json.loads(body)  # the standard library reads NaN, Infinity and -Infinity; orjson refuses them
+            text = _BARE_INF.sub(rb"\1Infinity", body).decode()
+            doc, _ = json.JSONDecoder().raw_decode(text.lstrip())
         except ValueError:
             raise bad(f"JSON Parse error: {exc.msg} at offset: {exc.pos}") from None
     if not isinstance(doc, dict):
@@ -79,9 +89,7 @@ def _json_type(value: Any) -> str:
 
 
 def _type_error(value: Any, spec: TensorSpec) -> ServingError:
-    return bad(
-        f"JSON Value: {debug_string(value)} Type: {_json_type(value)} is not of expected type: {spec.dtype.name}"
-    )
+    return bad(f"JSON Value: {debug_string(value)} Type: {_json_type(value)} is not of expected type: {spec.type_name}")
 
 
 def _is_b64(value: Any) -> bool:
@@ -106,6 +114,13 @@ def _scalar_ok(value: Any, spec: TensorSpec) -> bool:
 
 def _walk_problem(value: Any, spec: TensorSpec) -> ServingError:
     """The first problem in a JSON value that numpy could not turn into a tensor of `spec`'s dtype."""
+    return _first_problem(value, spec) or bad(
+        f"JSON Value: {debug_string(value)} cannot be converted to {spec.type_name}"
+    )
+
+
+def _first_problem(value: Any, spec: TensorSpec) -> ServingError | None:
+    """The first value TF Serving would refuse in a JSON value for `spec`, walking it; None when all is well."""
     shape = _shape_of(value)
 
     def walk(v: Any, level: int) -> ServingError | None:
@@ -129,7 +144,7 @@ def _walk_problem(value: Any, spec: TensorSpec) -> ServingError:
             return bad(f"JSON Value: {debug_string(v)} not formatted correctly for base64 data")
         return None if _scalar_ok(v, spec) else _type_error(v, spec)
 
-    return walk(value, 0) or bad(f"JSON Value: {debug_string(value)} cannot be converted to {spec.dtype.name}")
+    return walk(value, 0)
 
 
 def _shape_of(value: Any) -> list[int]:
@@ -175,14 +190,18 @@ def _strings(value: Any, spec: TensorSpec) -> np.ndarray:
     return array.reshape(shape)
 
 
-def to_tensor(value: Any, spec: TensorSpec) -> np.ndarray:
-    """One input's JSON value as an array of the signature's dtype, or TF Serving's error for it."""
+def to_tensor(value: Any, spec: TensorSpec, may_hold_bools: bool = True) -> np.ndarray:
+    """One input's JSON value as an array of the signature's dtype, or TF Serving's error for it.
+
+    numpy reads `true` among numbers as 1; TF Serving refuses it. Unless the caller knows the body
+    has no `true`/`false` token (`may_hold_bools=False`), numeric values are walked to check.
+    """
     target = spec.numpy_dtype
     if target.kind == "O":
         return _strings(value, spec)
     if spec.dtype.name in ("float16", "bfloat16", "complex64", "complex128"):
         raise ServingError(
-            "UNIMPLEMENTED", f"Conversion of JSON Value: {debug_string(value)} to type: {spec.dtype.name}"
+            "UNIMPLEMENTED", f"Conversion of JSON Value: {debug_string(value)} to type: {spec.type_name}"
         )
     try:
         array = np.asarray(value)
@@ -196,6 +215,8 @@ def to_tensor(value: Any, spec: TensorSpec) -> np.ndarray:
     )
     if not compatible:
         raise _walk_problem(value, spec)
+    if may_hold_bools and target.kind != "b" and (problem := _first_problem(value, spec)) is not None:
+        raise problem
     if target.kind in "iu" and array.size:
         info = np.iinfo(target)
         if array.min() < info.min or array.max() > info.max:
@@ -210,9 +231,9 @@ def _instance_error(index: int, problem: ServingError, key: str | None = None) -
     )
 
 
-def _stack_instances(values: list[Any], spec: TensorSpec, key: str | None) -> np.ndarray:
+def _stack_instances(values: list[Any], spec: TensorSpec, key: str | None, may_hold_bools: bool) -> np.ndarray:
     try:
-        return to_tensor(values, spec)
+        return to_tensor(values, spec, may_hold_bools)
     except ServingError:
         pass
     # Find which instance is wrong, and how, as TF Serving reports it.
@@ -232,28 +253,34 @@ def _stack_instances(values: list[Any], spec: TensorSpec, key: str | None) -> np
                 else f"Expecting shape [{','.join(map(str, first))}] but got: [{','.join(map(str, tensor.shape))}]"
             )
             raise _instance_error(index, bad(detail), key) from None
-    raise bad(f"JSON Value: {debug_string(values)} cannot be converted to {spec.dtype.name}")
+    raise bad(f"JSON Value: {debug_string(values)} cannot be converted to {spec.type_name}")
 
 
 def _is_object(value: Any) -> bool:
     return isinstance(value, dict) and not _is_b64(value)
 
 
-def inputs_from_json(doc: dict, signature: Signature) -> tuple[dict[str, np.ndarray], bool]:
-    """The request's input tensors for `signature`, and whether it used the columnar (`inputs`) format."""
+def inputs_from_json(
+    doc: dict, signature: Signature, may_hold_bools: bool = True
+) -> tuple[dict[str, np.ndarray], bool]:
+    """The request's input tensors for `signature`, and whether it used the columnar (`inputs`) format.
+
+    `may_hold_bools=False` (the body has no `true`/`false` token) skips the walk that finds booleans
+    numpy would silently read as numbers.
+    """
     if "instances" in doc and "inputs" in doc:
         raise bad(
             f"JSON Value: {debug_string(doc)} Not formatted correctly expecting only one of 'inputs' or "
             "'instances' keys to exist "
         )
     if "instances" in doc:
-        return _from_instances(doc, signature), False
+        return _from_instances(doc, signature, may_hold_bools), False
     if "inputs" in doc:
-        return _from_inputs(doc["inputs"], signature), True
+        return _from_inputs(doc["inputs"], signature, may_hold_bools), True
     raise bad("Missing 'inputs' or 'instances' key")
 
 
-def _from_instances(doc: dict, signature: Signature) -> dict[str, np.ndarray]:
+def _from_instances(doc: dict, signature: Signature, may_hold_bools: bool) -> dict[str, np.ndarray]:
     instances = doc["instances"]
     if not isinstance(instances, list):
         raise bad(f"JSON Value: {debug_string(doc)} Expecting 'instances' to be an list/array")
@@ -270,7 +297,7 @@ def _from_instances(doc: dict, signature: Signature) -> dict[str, np.ndarray]:
             if _is_object(item):
                 raise bad(f"Expecting value/list but got object at item {index} of input list")
         ((key, spec),) = specs.items()
-        return {key: _stack_instances(instances, spec, None)}
+        return {key: _stack_instances(instances, spec, None, may_hold_bools)}
     names = ",".join(sorted(specs))
     for index, item in enumerate(instances):
         if not _is_object(item):
@@ -283,10 +310,13 @@ def _from_instances(doc: dict, signature: Signature) -> dict[str, np.ndarray]:
                 f"Failed to process element: {index} of 'instances' list. JSON object: {debug_string(item)} "
                 f"keys must be equal to: {names}"
             )
-    return {key: _stack_instances([item[key] for item in instances], spec, key) for key, spec in specs.items()}
+    return {
+        key: _stack_instances([item[key] for item in instances], spec, key, may_hold_bools)
+        for key, spec in specs.items()
+    }
 
 
-def _from_inputs(value: Any, signature: Signature) -> dict[str, np.ndarray]:
+def _from_inputs(value: Any, signature: Signature, may_hold_bools: bool) -> dict[str, np.ndarray]:
     specs = signature.inputs
     if not _is_object(value):
         if len(specs) > 1:
@@ -295,12 +325,12 @@ def _from_inputs(value: Any, signature: Signature) -> dict[str, np.ndarray]:
                 "as per tensorinfo_map"
             )
         ((key, spec),) = specs.items()
-        return {key: to_tensor(value, spec)}
+        return {key: to_tensor(value, spec, may_hold_bools)}
     tensors = {}
     for key, spec in specs.items():
         if key not in value:
             raise bad(f"Missing named input: {key} in 'inputs' object.")
-        tensors[key] = to_tensor(value[key], spec)
+        tensors[key] = to_tensor(value[key], spec, may_hold_bools)
     return tensors  # extra keys are ignored, as TF Serving does
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .core import ServerCore, Version
 from .metrics import Metrics
-from .servable import Servable, Signature
+from .servable import Servable, Signature, type_name
 from .status import ServingError
 
 
@@ -61,10 +61,8 @@ def check_inputs(signature: Signature, inputs: dict[str, np.ndarray]) -> int:
     for index, (key, spec) in enumerate(signature.inputs.items()):
         array = inputs[key]
         if array.dtype != spec.numpy_dtype and not (spec.numpy_dtype.kind == "O" and array.dtype.kind in "OS"):
-            got = "string" if array.dtype.kind in "OSU" else array.dtype.name
-            raise ServingError(
-                "INVALID_ARGUMENT", f"Expects arg[{index}] to be {spec.dtype.name} but {got} is provided"
-            )
+            got = "string" if array.dtype.kind in "OSU" else type_name(array.dtype.name)
+            raise ServingError("INVALID_ARGUMENT", f"Expects arg[{index}] to be {spec.type_name} but {got} is provided")
         if not spec.accepts_shape(array.shape):
             raise ServingError(
                 "INVALID_ARGUMENT",

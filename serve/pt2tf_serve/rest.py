@@ -173,7 +173,7 @@ class RestApi:
             signature = find_signature(held.servable, signature_key, rest=True)
             if not signature.inputs:
                 raise ServingError("INVALID_ARGUMENT", f"Failed to get input map for signature: {signature_key}")
-            inputs, columnar = inputs_from_json(doc, signature)
+            inputs, columnar = inputs_from_json(doc, signature, may_hold_bools=b"true" in body or b"false" in body)
             prediction = self.predictor.run(held, signature, inputs, [], self.timeout)
         return predict_response(prediction.outputs, columnar)
 

@@ -22,6 +22,11 @@ WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving refuses files with more
 
 
+def type_name(numpy_name: str) -> str:
+    """TensorFlow's DataTypeString for a dtype name (float32 → float), as TF Serving's messages use it."""
+    return {"float32": "float", "float64": "double", "float16": "half"}.get(numpy_name, numpy_name)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One signature input or output: its tensor name, dtype and shape (-1 where unknown)."""
@@ -35,9 +40,14 @@ class TensorSpec:
     def numpy_dtype(self) -> np.dtype:
         return np.dtype(object) if self.dtype == tf.string else np.dtype(self.dtype.as_numpy_dtype)
 
+    @property
+    def type_name(self) -> str:
+        """TensorFlow's DataTypeString, which TF Serving's messages use: float, double, int32, string, ..."""
+        return type_name(self.dtype.name)
+
     def describe(self) -> str:
         dims = "unknown rank" if self.shape is None else "[" + ",".join(str(d) for d in self.shape) + "]"
-        return f"{self.dtype.name} {dims}"
+        return f"{self.type_name} {dims}"
 
     def accepts_shape(self, shape: tuple[int, ...]) -> bool:
         if self.shape is None:

@@ -4,9 +4,6 @@ Each test holds a piece to TF Serving's documented or source-verified behaviour 
 syntax, text-proto config files and their messages, SharedBatchScheduler semantics, the
 Prometheus page, the REST JSON encoding). Batching runs on real threads with a pure-numpy
 `run`; every scheduler is stopped in teardown.
-
-The tests marked `xfail(strict=True)` at the end of each section pin down places where the
-server still differs from TF Serving: they fail today and must be unmarked when fixed.
 """
 
 from __future__ import annotations
@@ -212,17 +209,22 @@ def test_a_typo_in_models_config_names_file_line_and_field(tmp_path, text, line,
     ("text", "expected"),
     [
         (
-            'model_config_list {\n  config { name: "x" base_path: "/a" }\n  config { name: "x" base_path: "/b" }\n}\n',
+            'model_config_list {\n  config { name: "x" base_path: "/a" model_platform: "tensorflow" }\n  config { name: "x" base_path: "/b" }\n}\n',
             "'x' appears twice",
         ),
         (one_model('    name: "x"'), "model 'x' has no base_path"),
         (one_model('    name: "x"\n    base_path: "/m"\n    model_platform: "pytorch"'), "model_platform 'pytorch'"),
+        (one_model('    name: "x"\n    base_path: "/m"'), "neither ModelServerConfig::model_type"),
         (
-            one_model('    name: "x"\n    base_path: "/m"\n    version_labels { key: "not-a-label" value: 1 }'),
+            one_model(
+                '    name: "x"\n    base_path: "/m"\n    model_platform: "tensorflow"\n    version_labels { key: "not-a-label" value: 1 }'
+            ),
             "version label 'not-a-label' is not a valid label",
         ),
         (
-            one_model('    name: "x"\n    base_path: "/m"\n    version_labels { key: "1st" value: 1 }'),
+            one_model(
+                '    name: "x"\n    base_path: "/m"\n    model_platform: "tensorflow"\n    version_labels { key: "1st" value: 1 }'
+            ),
             "version label '1st' is not a valid label",
         ),
     ],
@@ -338,7 +340,6 @@ def test_a_bad_batching_file_names_file_and_line(tmp_path):
     assert f"{path}:3:" in str(error.value) and '"batch_timeout"' in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a negative max_execution_batch_size is accepted")
 def test_a_negative_max_execution_batch_size_is_refused(tmp_path):
     text = "enable_large_batch_splitting { value: true } max_execution_batch_size { value: -4 }"
     with pytest.raises(ConfigError, match="max_execution_batch_size"):
@@ -643,7 +644,6 @@ def test_stop_runs_what_is_queued_and_ends_the_threads(start_scheduler):
     assert error.value.code == "UNAVAILABLE"
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: cancelling a split request does not cancel its parts")
 def test_a_split_request_cancelled_while_queued_is_not_run(make_queue):
     queue, model, _ = make_queue(max_batch_size=8, enable_large_batch_splitting=True, max_execution_batch_size=2)
     model.gate.clear()
@@ -657,7 +657,6 @@ def test_a_split_request_cancelled_while_queued_is_not_run(make_queue):
     assert model.sizes == [2]
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: after a batch fails, requests are re-run unpadded")
 def test_requests_rerun_after_a_failed_batch_are_still_padded(make_queue):
     queue, model, _ = make_queue(max_batch_size=4, allowed_batch_sizes=(2, 4), batch_timeout_micros=300_000)
     futures = [submit(queue, x) for x in (block(0, 1), -block(1, 1), block(2, 1))]
@@ -872,11 +871,20 @@ def test_an_unknown_named_input_is_refused():
     )
 
 
+def test_a_missing_named_input_in_row_format_is_refused():
+    message = refused({"instances": [{"x": [1, 2], "s": "a"}, {"x": [3, 4]}]}, TWO_INPUTS)
+    assert message.startswith("Failed to process element: 1 of 'instances' list. JSON object: ")
+    assert message.endswith(" keys must be equal to: s,x")
+    assert refused({"instances": [[1, 2]]}, TWO_INPUTS) == (
+        "instances is a plain list, but expecting list of objects as multiple input tensors required "
+        "as per tensorinfo_map"
+    )
+
+
 def test_a_missing_named_input_in_columnar_format_is_refused():
     assert refused({"inputs": {"x": [[1, 2]]}}, TWO_INPUTS) == "Missing named input: s in 'inputs' object."
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: messages name numpy's dtype (float32), not TF's (float)")
 def test_type_errors_name_tf_servings_dtype():
     message = refused({"instances": [["a", 1]]}, ONE_INPUT)
     assert message == (
@@ -885,7 +893,6 @@ def test_type_errors_name_tf_servings_dtype():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a bool among numbers is read as 0 or 1")
 @pytest.mark.parametrize(
     ("doc", "signature"),
     [({"instances": [[1.5, True]]}, ONE_INPUT), ({"instances": [1, True]}, INT_INPUT)],
@@ -895,7 +902,6 @@ def test_a_bool_among_numbers_is_refused(doc, signature):
     assert "Type: True is not of expected type" in refused(doc, signature)
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: rapidjson's Inf and -Inf are refused")
 def test_decode_json_accepts_inf():
     assert decode_json(b'{"instances": [Inf, -Inf]}')["instances"] == [math.inf, -math.inf]
 

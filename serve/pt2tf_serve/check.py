@@ -1,0 +1,70 @@
+"""Serve the lane's model repository and check it end to end: `nox -s serve-check` (part of `make all`).
+
+Starts the embedded server with docker/config's flags and files, classifies the reference photos
+over REST and gRPC with pt2tf-client's library, and compares each top-5 with in-process
+`tf.saved_model.load` on the same version. Exits non-zero, naming the photo, on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .client import GrpcClient, RestClient, top5
+from .process import ServerProcess, config_copy, embedded_flags
+
+MODEL = "resnet18"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pt2tf-serve-check", description=__doc__)
+    parser.add_argument("--models", type=Path, required=True, help="model repository: <models>/resnet18/<version>/")
+    parser.add_argument("--artifacts", type=Path, required=True, help="the export's output (reference photos)")
+    args = parser.parse_args(argv)
+
+    import tensorflow as tf
+    from pt2tf_convert.artifacts import load_reference, photo_bytes
+    from pt2tf_convert.repository import versions
+
+    found = versions(args.models / MODEL)
+    if not found:
+        parser.error(f"no model version under {args.models / MODEL}: run nox -s convert first")
+    reference = load_reference(args.artifacts)
+    photos = photo_bytes(reference)
+    names = [str(n) for n in reference["photo_names"]]
+    loaded = tf.saved_model.load(str(args.models / MODEL / str(max(found))))
+    local = {k: v.numpy() for k, v in loaded.signatures["predict_images"](image_bytes=tf.constant(photos)).items()}
+    want = top5(local)
+
+    config = config_copy(Path(tempfile.mkdtemp(prefix="pt2tf-check-")) / "config")
+    problems = []
+    with ServerProcess(embedded_flags(config, args.models)) as server:
+        print(f"embedded server up: REST {server.rest_url}, gRPC {server.grpc_target}", flush=True)
+        with RestClient(server.rest_url, timeout=60) as rest, GrpcClient(server.grpc_target, timeout=60) as grpc:
+            print(f"{'photo':<20} {'REST ms':>8} {'gRPC ms':>8}  top-1 (same over REST, gRPC and in process)")
+            for index, (name, photo) in enumerate(zip(names, photos, strict=True)):
+                rows, times = [], []
+                for client in (rest, grpc):
+                    started = time.monotonic()
+                    outputs = client.predict(MODEL, {"image_bytes": [photo]}, signature="predict_images")
+                    times.append((time.monotonic() - started) * 1000)
+                    rows.append(top5(outputs)[0])
+                for via, row in zip(("REST", "gRPC"), rows, strict=True):
+                    if [c for c, _, _ in row] != [c for c, _, _ in want[index]]:
+                        problems.append(f"{name}: {via} top-5 {row} differs from in-process {want[index]}")
+                    if not np.allclose([s for *_, s in row], [s for *_, s in want[index]], atol=1e-4):
+                        problems.append(f"{name}: {via} scores differ from in process")
+                klass, label, score = rows[0][0]
+                print(f"{name:<20} {times[0]:8.1f} {times[1]:8.1f}  {klass:4d} {label} ({score:.3f})")
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    print("served answers match in-process TensorFlow" if not problems else f"{len(problems)} mismatches")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
