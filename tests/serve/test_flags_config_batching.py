@@ -205,26 +205,26 @@ def test_a_typo_in_models_config_names_file_line_and_field(tmp_path, text, line,
     assert f'"{field}"' in message
 
 
+TF_MODEL = '    name: "x"\n    base_path: "/m"\n    model_platform: "tensorflow"'
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         (
-            'model_config_list {\n  config { name: "x" base_path: "/a" model_platform: "tensorflow" }\n  config { name: "x" base_path: "/b" }\n}\n',
+            'model_config_list {\n  config { name: "x" base_path: "/a" model_platform: "tensorflow" }\n'
+            '  config { name: "x" base_path: "/b" }\n}\n',
             "'x' appears twice",
         ),
         (one_model('    name: "x"'), "model 'x' has no base_path"),
         (one_model('    name: "x"\n    base_path: "/m"\n    model_platform: "pytorch"'), "model_platform 'pytorch'"),
         (one_model('    name: "x"\n    base_path: "/m"'), "neither ModelServerConfig::model_type"),
         (
-            one_model(
-                '    name: "x"\n    base_path: "/m"\n    model_platform: "tensorflow"\n    version_labels { key: "not-a-label" value: 1 }'
-            ),
+            one_model(TF_MODEL + '\n    version_labels { key: "not-a-label" value: 1 }'),
             "version label 'not-a-label' is not a valid label",
         ),
         (
-            one_model(
-                '    name: "x"\n    base_path: "/m"\n    model_platform: "tensorflow"\n    version_labels { key: "1st" value: 1 }'
-            ),
+            one_model(TF_MODEL + '\n    version_labels { key: "1st" value: 1 }'),
             "version label '1st' is not a valid label",
         ),
     ],
