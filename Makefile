@@ -18,7 +18,7 @@ help:
 	@echo "make all        export → convert → verify → serve check on the default lane, then the report paths"
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
-	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert test suite"
+	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert and serve test suites"
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
 	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
@@ -51,8 +51,8 @@ matrix: tools
 	@$(NOX) -t matrix
 
 lane: tools
-	@echo "==> lane $(LANE): export, convert, verify; then its convert test suite"
-	@$(NOX) -s export-$(LANE) convert-$(LANE) verify-$(LANE) "tests(convert-$(LANE))"
+	@echo "==> lane $(LANE): export, convert, verify; then its convert and serve test suites"
+	@$(NOX) -s export-$(LANE) convert-$(LANE) verify-$(LANE) "tests(convert-$(LANE))" "tests(serve-$(LANE))"
 
 lint-and-export-tests: tools
 	@echo "==> lint, then the toolchain and export suites"

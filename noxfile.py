@@ -242,6 +242,12 @@ def bench_levers(session: nox.Session) -> None:
     _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 
+@nox.session(python=False)
+def client(session: nox.Session) -> None:
+    """pt2tf-client in the default lane's env: nox -s client -- --rest http://127.0.0.1:8501 classify photo.jpg."""
+    run_in(session, MATRIX.lane(None).env_for("serve"), "-m", "pt2tf_serve.client", *session.posargs)
+
+
 @nox.session(python=False, name="serve-check")
 def serve_check(session: nox.Session) -> None:
     """Serve the default lane's model, classify the photos over REST and gRPC, compare with in-process TF."""

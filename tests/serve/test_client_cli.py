@@ -20,16 +20,10 @@ import orjson
 import pytest
 from pt2tf_serve import client
 from pt2tf_serve.client import ClientError, GrpcClient, RestClient, main, signature_defs, tensor_shape, top5
+from pt2tf_serve.process import free_port
 
 NOT_FOUND_TEXT = "Servable not found for request: Latest(nope)"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def free_port() -> int:
-    """A port the OS just handed out and nobody listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def server_flags(protocol: str, address: str) -> list[str]:
