@@ -8,6 +8,7 @@ over REST and gRPC with pt2tf-client's library, and compares each top-5 with in-
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"MISMATCH {problem}")
     print("served answers match in-process TensorFlow" if not problems else f"{len(problems)} mismatches")
+    weights = json.loads((args.artifacts / "export.json").read_text()).get("weights", "unknown")
+    if weights == "seeded":
+        print("seeded weights: labels are not ImageNet predictions (nox -s export -- --weights ... for real ones)")
+    else:
+        print(f"weights: {weights}")
     return 1 if problems else 0
 
 
