@@ -345,10 +345,15 @@ class ServerCore:
                 self._changed.notify_all()
 
     def queue(self, version: Version, signature: Signature) -> BatchQueue | None:
-        """The batch queue of a held version's signature, or None when batching does not apply."""
+        """The batch queue of a held version's signature, or None when batching does not apply.
+
+        A version already unloading gets no new queue: its last requests run directly.
+        """
         if self.scheduler is None or not signature.batchable:
             return None
         with self._lock:
+            if version.state != AVAILABLE:
+                return None
             queue = version.queues.get(signature.name)
             if queue is None:
                 servable = version.servable
