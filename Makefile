@@ -8,19 +8,22 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench lock tools clean clean-envs help
+.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench loadtest lock tools clean clean-envs help
 LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().default_lane)")
 SERVING_IMAGE = $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().lane('$(LANE)').serving_image)")
 # auto: the real image in Docker when an engine answers and the lane's image is present, else the embedded server
 SERVER ?= auto
+# default: 5 concurrency steps per protocol, batching off and on (~10 min); full: the long sweep; smoke: seconds
+LOADTEST_PROFILE ?= default
 
 help:
-	@echo "make all        export → convert → verify → serve check on the default lane, then the report paths"
+	@echo "make all        export → convert → verify → serve check → loadtest + SLO verdict, default lane"
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
 	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert and serve test suites"
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
+	@echo "make loadtest   Locust sweep, SLO gate, reports/loadtest/; ARGS='--rest URL --grpc HOST:PORT' for another server"
 	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
 	@echo "make lock       regenerate toolchain.lock from toolchain.toml"
 	@echo "make clean      remove artifacts/, models/, reports/"
@@ -39,8 +42,10 @@ all: tools
 	@$(NOX) -s verify
 	@echo "==> serve check: the embedded server answers REST and gRPC as in-process TensorFlow does"
 	@$(NOX) -s serve-check
+	@echo "==> loadtest: Locust over REST and gRPC, batching off then on, SLO gate (LOADTEST_PROFILE=$(LOADTEST_PROFILE))"
+	@$(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE)
 	@echo "==> done. Reports:"
-	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png models/*/resnet18/* 2>/dev/null
+	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png reports/loadtest/* models/*/resnet18/* 2>/dev/null
 
 test: tools
 	@echo "==> lint, then every test suite in its locked env"
@@ -74,6 +79,10 @@ serve: tools
 	  echo "==> serve: the embedded server (no Docker engine or no $(SERVING_IMAGE) here), lane $(LANE); Ctrl-C stops it"; \
 	  $(NOX) -s serve-$(LANE); \
 	fi
+
+loadtest: tools
+	@echo "==> loadtest against the embedded server (or: make loadtest ARGS='--rest URL --grpc HOST:PORT')"
+	@$(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) $(ARGS)
 
 serve-bench: tools
 	@echo "==> serve-bench: in-process vs served, batching on vs off, REST vs gRPC (default lane)"

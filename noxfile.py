@@ -31,7 +31,7 @@ MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
 # The project's packages, importable in every env without installing them into the shared cache.
-PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "serve", "toolchain"))
+PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "serve", "loadtest", "toolchain"))
 
 
 def env_python(session: nox.Session, env: str) -> str:
@@ -78,9 +78,11 @@ def lint(session: nox.Session) -> None:
 
 # Each suite runs in the env whose packages it imports; convert-<lane> runs in that lane's env.
 LANE_SUITES = ("convert", "serve")
-TEST_SUITES = {"toolchain": "tools", "export": "export"} | {
-    f"{kind}-{lane.name}": lane.env_for(kind) for lane in MATRIX.lanes.values() for kind in LANE_SUITES
-}
+TEST_SUITES = (
+    {"toolchain": "tools", "export": "export"}
+    | {f"{kind}-{lane.name}": lane.env_for(kind) for lane in MATRIX.lanes.values() for kind in LANE_SUITES}
+    | {"loadtest": MATRIX.lane(None).env_for("loadtest")}
+)
 
 
 @nox.session(python=False)
@@ -90,6 +92,9 @@ def tests(session: nox.Session, suite: str) -> None:
     env = TEST_SUITES[suite]
     if env == "tools":
         session.run(sys.executable, "-m", "pytest", f"tests/{suite}", *session.posargs)
+        return
+    if suite == "loadtest":
+        _loadtest_suite(session, env)
         return
     kind, _, lane_name = suite.partition("-")
     if kind not in LANE_SUITES:
@@ -101,6 +106,25 @@ def tests(session: nox.Session, suite: str) -> None:
         _export(session, lane, out=artifacts)
         session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
         run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
+
+
+def _loadtest_suite(session: nox.Session, env: str) -> None:
+    """The load test's machinery end to end: the default lane exported and converted afresh, served embedded."""
+    lane = MATRIX.lane(None)
+    with tempfile.TemporaryDirectory(prefix="pt2tf-test-loadtest-") as tmp:
+        artifacts, models = Path(tmp) / "artifacts", Path(tmp) / "models"
+        _export(session, lane, out=artifacts)
+        run_in(session, lane.env_for("convert"), "-m", "pt2tf_convert.convert", "--lane", lane.name,
+               "--converter", lane.converter, "--artifacts", str(artifacts), "--models", str(models))  # fmt: skip
+        session.env.update(
+            {
+                "PT2TF_LANE": lane.name,
+                "PT2TF_TEST_ARTIFACTS": str(artifacts),
+                "PT2TF_TEST_MODELS": str(models),
+                "PT2TF_SERVE_PYTHON": env_python(session, lane.env_for("serve")),
+            }
+        )
+        run_in(session, env, "-m", "pytest", "tests/loadtest", *session.posargs)
 
 
 def _model_args(lane: str) -> list[str]:
@@ -265,6 +289,26 @@ def serve_bench(session: nox.Session) -> None:
     args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.bench", *args, "--out", str(REPORTS / "serve-bench.md"),
            *session.posargs)  # fmt: skip
+
+
+@nox.session(python=False)
+def loadtest(session: nox.Session) -> None:
+    """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/), default lane."""
+    lane = MATRIX.lane(None)
+    if not (MODELS / lane.name / MODEL_NAME).is_dir():
+        session.error(f"lane {lane.name} has no converted model: run nox -s export convert first")
+    serve_python = env_python(session, lane.env_for("serve"))
+    args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "loadtest"), "--lane", lane.name]
+    if not any(arg.startswith("--rest") for arg in session.posargs):  # no external server: start the embedded one
+        args += ["--models", str(MODELS / lane.name), "--serve-python", serve_python]
+        args += _candidate_args(MODELS / lane.name / MODEL_NAME)
+    run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.runner", *args, *session.posargs)
+
+
+def _candidate_args(model_dir: Path) -> list[str]:
+    """The newest version as the candidate against the one before it, when the repository holds two."""
+    found = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return ["--current", str(found[-2]), "--candidate", str(found[-1])] if len(found) >= 2 else []
 
 
 @nox.session(python=False, name="matrix-table", tags=["matrix"])

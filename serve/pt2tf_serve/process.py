@@ -49,7 +49,13 @@ def embedded_flags(config: Path, models: Path, *extra: str) -> list[str]:
 class ServerProcess:
     """`with ServerProcess(flags) as server:` — started, ready, and stopped (SIGTERM, then SIGKILL) on exit."""
 
-    def __init__(self, flags: list[str], startup_timeout: float = 300.0, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        flags: list[str],
+        startup_timeout: float = 300.0,
+        env: dict[str, str] | None = None,
+        python: str = sys.executable,
+    ):
         self.grpc_port = free_port()
         self.rest_port = free_port()
         # Later flags win, so the ports asked of the OS override any in `flags`.
@@ -58,6 +64,7 @@ class ServerProcess:
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.log_path = Path(tempfile.mkstemp(prefix="pt2tf-serve-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
+        self.python = python  # the interpreter of an env with TensorFlow and the server's packages
 
     @property
     def rest_url(self) -> str:
@@ -74,7 +81,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "pt2tf_serve.server", *self.flags],
+                [self.python, "-m", "pt2tf_serve.server", *self.flags],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,180 @@
+"""reports/loadtest/: a Markdown summary, a self-contained HTML page with plots, and the raw CSV/JSON."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import platform
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+COLUMNS = [
+    "scenario", "batching", "label", "concurrency", "seconds", "requests", "failures", "requests_per_second",
+    "images_per_second", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "generator_cpu", "unreliable",
+]  # fmt: skip
+
+
+def cpu_model() -> str:
+    """The CPU's model name: figures differ 2× between this project's machines."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def verdict_text(verdicts) -> str:
+    missed = [v for v in verdicts if not v.ok]
+    if not missed:
+        return f"VERDICT: ready to roll out — all {len(verdicts)} objectives met"
+    lines = [f"VERDICT: not yet — {len(missed)} of {len(verdicts)} objectives missed:"]
+    lines += [f"  {v.scenario}: {v.objective} {v.measured}, wanted {v.wanted}" for v in missed]
+    return "\n".join(lines)
+
+
+def _plots(steps) -> bytes:
+    scenarios = list(dict.fromkeys(s.scenario for s in steps))
+    figure, axes = plt.subplots(len(scenarios), 3, figsize=(15, 4 * len(scenarios)), squeeze=False)
+    for row, scenario in enumerate(scenarios):
+        mine = [s for s in steps if s.scenario == scenario]
+        throughput, latency, batches = axes[row]
+        for setting in dict.fromkeys(s.batching for s in mine):
+            series = sorted((s for s in mine if s.batching == setting), key=lambda s: s.concurrency)
+            xs = [s.concurrency for s in series]
+            throughput.plot(xs, [s.images_per_second for s in series], marker="o", label=f"batching {setting}")
+            latency.plot(xs, [s.p50_ms for s in series], marker="o", label=f"p50, batching {setting}")
+            latency.plot(xs, [s.p99_ms for s in series], marker="s", linestyle="--", label=f"p99, batching {setting}")
+            for s in series:
+                if s.unreliable:
+                    throughput.annotate("generator saturated", (s.concurrency, s.images_per_second), fontsize=7)
+        throughput.set(title=f"{scenario}: throughput", xlabel="concurrent users", ylabel="images/s")
+        latency.set(title=f"{scenario}: latency", xlabel="concurrent users", ylabel="ms")
+        for ax in (throughput, latency):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(
+                sorted({s.concurrency for s in mine}), [str(c) for c in sorted({s.concurrency for s in mine})]
+            )
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        batched = [s for s in mine if s.batches]
+        if batched:
+            top = max(batched, key=lambda s: (s.batching == "on", s.concurrency))
+            labels, counts = list(top.batches), list(top.batches.values())
+            batches.bar(range(len(labels)), counts, color="tab:green")
+            batches.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+            batches.set(
+                title=f"{scenario}: server batch sizes ({top.concurrency} users, batching {top.batching})",
+                xlabel="rows per batch (server side)",
+                ylabel="batches",
+            )
+        else:
+            batches.text(0.5, 0.5, "no batching metrics\n(batching off, or no Prometheus page)", ha="center")
+            batches.set_axis_off()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _step_rows(steps) -> list[list]:
+    return [
+        [s.scenario, s.batching, s.label or "–", s.concurrency, f"{s.images_per_second:.1f}",
+         f"{s.requests_per_second:.1f}", f"{s.p50_ms:.0f}", f"{s.p90_ms:.0f}", f"{s.p95_ms:.0f}", f"{s.p99_ms:.0f}",
+         f"{s.max_ms:.0f}",
+         f"{s.failure_ratio:.1%}", f"{s.generator_cpu:.0%}" + (" ⚠ saturated" if s.unreliable else ""),
+         ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–"]
+        for s in steps
+    ]  # fmt: skip
+
+
+STEP_HEADERS = ["scenario", "batching", "model", "users", "img/s", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
+                "max ms", "failures", "generator CPU", "server batches (rows: count)"]  # fmt: skip
+
+
+def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[Path]:
+    """Write summary.md, report.html, steps.csv and results.json into `out`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    png = _plots(steps) if steps else b""
+    machine_rows = [[k, v] for k, v in machine.items()]
+    verdict_rows = [[v.scenario, v.objective, v.wanted, v.measured, "met" if v.ok else "**missed**"] for v in verdicts]
+    parts = [
+        "# Load test",
+        "",
+        verdict_text(verdicts).replace("\n", "  \n"),
+        "",
+        "## Machine and setup",
+        "",
+        _table(["", ""], machine_rows),
+        "",
+        f"Each step: all users start at once, {args.warmup:g} s of warm-up are discarded, then {args.seconds:g} s "
+        "are measured. One image per request. A step whose load generator used more than 90% of a core is marked "
+        "saturated: its figures are the generator's limit, not the server's.",
+        "",
+        "## SLO verdict",
+        "",
+        _table(["where", "objective", "wanted", "measured", ""], verdict_rows),
+        "",
+        "## Steps",
+        "",
+        _table(STEP_HEADERS, _step_rows(steps)),
+        "",
+        "## Candidate vs current",
+        "",
+        _table(STEP_HEADERS, _step_rows(comparison))
+        if comparison
+        else "Not run: give `--current` and `--candidate` (two model versions or labels of the same server).",
+        "",
+        "Plots: `report.html`. Raw figures: `steps.csv`, `results.json`.",
+        "",
+    ]
+    summary = "\n".join(parts)
+    paths = [out / "summary.md", out / "report.html", out / "steps.csv", out / "results.json"]
+    _atomic(paths[0], summary.encode())
+    image = (
+        f'<img alt="throughput, latency and batch sizes" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pt2tf load test</title>"
+        "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%}</style></head><body>"
+        f"<pre>{html.escape(summary)}</pre>{image if png else ''}</body></html>"
+    )
+    _atomic(paths[1], page.encode())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([*COLUMNS, "batches"])
+    for s in [*steps, *comparison]:
+        row = asdict(s)
+        writer.writerow([*(row[c] for c in COLUMNS), json.dumps(s.batches)])
+    _atomic(paths[2], buffer.getvalue().encode())
+    results = {
+        "machine": machine,
+        "steps": [asdict(s) for s in steps],
+        "comparison": [asdict(s) for s in comparison],
+        "verdicts": [asdict(v) for v in verdicts],
+    }
+    _atomic(paths[3], (json.dumps(results, indent=1) + "\n").encode())
+    return paths
+
+
+def _atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,322 @@
+"""pt2tf-loadtest: a Locust sweep over concurrency, batching off and on, an SLO gate, a report.
+
+    # against the embedded server, started here with and without batching (the default)
+    python -m pt2tf_loadtest.runner --artifacts artifacts/onnx2tf --models models/onnx2tf \\
+        --serve-python ~/.cache/pt2tf/envs/onnx2tf-*/bin/python --out reports/loadtest
+
+    # against any TF Serving, as it is configured (a REST URL and a gRPC address are all it needs)
+    python -m pt2tf_loadtest.runner --artifacts artifacts/onnx2tf \\
+        --rest http://serving.example:8501 --grpc serving.example:8500 --out reports/loadtest
+
+Each step runs Locust headless in this process (library mode): all users start at once, a
+warm-up is run and thrown away, then the step is measured for a fixed time. Per step: requests/s,
+images/s, p50/p90/p95/p99/max latency, failure ratio, the load generator's CPU (a step whose
+generator was past 90% of a core is marked unreliable, never taken as the server's limit), and,
+from the server's Prometheus page, the batches it ran: the proof that batching happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gevent
+import psutil
+from locust.env import Environment
+from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
+
+from . import report, slo
+from .inputs import load_inputs
+from .users import TARGET, USERS
+
+PROFILES = {  # concurrency sweep, warm-up and measured seconds per step
+    "smoke": ([1, 4], 1.0, 3.0),
+    "default": ([1, 4, 8, 16, 32], 5.0, 15.0),
+    "full": ([1, 2, 4, 8, 16, 24, 32, 48, 64], 10.0, 60.0),
+}
+SATURATED = 0.9  # Locust warns when its process passes 90% CPU
+METRICS_PATH = "/monitoring/prometheus/metrics"
+BATCH_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
+
+
+@dataclass
+class Step:
+    scenario: str
+    batching: str  # "on", "off", or "as configured" for a server this runner did not start
+    concurrency: int
+    seconds: float
+    requests: int
+    failures: int
+    requests_per_second: float
+    images_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    generator_cpu: float  # share of one core used by this process while measuring
+    unreliable: bool
+    batches: dict[str, int] = field(default_factory=dict)  # server-side: batch size bucket → batches
+    failure_examples: list[str] = field(default_factory=list)
+    label: str = ""  # the model version or label asked for, when comparing two
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failures / max(1, self.requests)
+
+
+# ---------------------------------------------------------------------------- the server's metrics
+
+
+def scrape_batches(rest_url: str) -> dict[str, int] | None:
+    """Cumulative processed-batch-size buckets from the server's Prometheus page (None: no page)."""
+    try:
+        page = urllib.request.urlopen(rest_url + METRICS_PATH, timeout=30).read().decode()
+    except OSError:
+        return None
+    buckets = {}
+    for line in page.splitlines():
+        match = re.match(re.escape(BATCH_METRIC) + r'_bucket\{le="([^"]+)"\} (\d+)', line)
+        if match:
+            buckets[match.group(1)] = int(match.group(2))
+    return buckets
+
+
+def batch_histogram(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int]:
+    """Batches run between two scrapes, per size range (non-cumulative), labelled by TF's bucket limits."""
+    if not after:
+        return {}
+    before = before or {}
+    histogram, previous_limit, previous_count = {}, "0", 0
+    for limit, cumulative in after.items():
+        delta = cumulative - before.get(limit, 0)
+        count = delta - previous_count
+        if count:
+            low, high = _size(previous_limit), _size(limit, upper=True)
+            histogram[low if low == high else f"{low}–{high}"] = count
+        previous_limit, previous_count = limit, delta
+    return histogram
+
+
+def _size(limit: str, upper: bool = False) -> str:
+    """TF counts v < limit: bucket [a, b) holds batch sizes a … ceil(b) - 1."""
+    if limit == "+Inf":
+        return "∞"
+    value = float(limit)
+    if upper:
+        return str(int(value) - 1 if value.is_integer() else int(value))
+    return str(int(value) if value.is_integer() else int(value) + 1)
+
+
+# ---------------------------------------------------------------------------- one step
+
+
+def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, rest_url: str, batching: str) -> Step:
+    """Run one Locust step in this process and measure it."""
+    user_class = USERS[scenario]
+    environment = Environment(user_classes=[user_class], host=rest_url, catch_exceptions=True)
+    runner = environment.create_local_runner()
+    runner.start(concurrency, spawn_rate=concurrency)
+    gevent.sleep(warmup)
+    environment.stats.reset_all()
+    before = scrape_batches(rest_url)
+    process = psutil.Process()
+    cpu_before, started = process.cpu_times(), time.monotonic()
+    gevent.sleep(seconds)
+    cpu_after, elapsed = process.cpu_times(), time.monotonic() - started
+    # Read everything now: users still finish requests while they stop, and those are not this step's.
+    total = environment.stats.total
+    requests, failures = total.num_requests, total.num_failures
+    percentiles = {p: float(total.get_response_time_percentile(p) or 0) for p in (0.50, 0.90, 0.95, 0.99)}
+    examples = [f"{error.name}: {error.error}" for error in list(environment.stats.errors.values())[:3]]
+    max_ms = total.max_response_time or 0.0
+    runner.quit()
+    after = scrape_batches(rest_url)
+    cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
+    ok = requests - failures
+    return Step(
+        scenario=scenario,
+        batching=batching,
+        concurrency=concurrency,
+        seconds=elapsed,
+        requests=requests,
+        failures=failures,
+        requests_per_second=requests / elapsed,
+        images_per_second=ok / elapsed,  # one image per request
+        p50_ms=percentiles[0.50],
+        p90_ms=percentiles[0.90],
+        p95_ms=percentiles[0.95],
+        p99_ms=percentiles[0.99],
+        max_ms=float(max_ms),
+        generator_cpu=cpu,
+        unreliable=cpu > SATURATED,
+        batches=batch_histogram(before, after),
+        failure_examples=examples,
+    )
+
+
+def _say(step: Step) -> None:
+    flag = "  UNRELIABLE: load generator saturated" if step.unreliable else ""
+    batches = ", ".join(f"{k}: {v}" for k, v in step.batches.items()) or "–"
+    print(
+        f"  {step.scenario:<12} batching {step.batching:<3} {step.label:<10} c={step.concurrency:<3} "
+        f"{step.images_per_second:6.1f} img/s  p50 {step.p50_ms:5.0f}  p99 {step.p99_ms:5.0f} ms  "
+        f"fail {step.failure_ratio:.1%}  gen CPU {step.generator_cpu:.0%}  batches {batches}{flag}",
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+class ManagedServer:
+    """The embedded server, started by this runner with or without batching (in the lane's env)."""
+
+    def __init__(self, python: Path, models: Path, batching: bool, specific_versions: list[int] | None):
+        folder = Path(tempfile.mkdtemp(prefix="pt2tf-loadtest-"))
+        config = config_copy(folder / "config")
+        if specific_versions:
+            text = (config / "models.config").read_text()
+            versions = " ".join(f"versions: {v}" for v in specific_versions)
+            text = re.sub(
+                r"model_version_policy \{[^\n]*\}", f"model_version_policy {{ specific {{ {versions} }} }}", text
+            )
+            (config / "models.config").write_text(text)
+        extra = [] if batching else ["--enable_batching=false", "--batching_parameters_file="]
+        self.folder = folder
+        self.process = ServerProcess(embedded_flags(config, models, *extra), python=str(python))
+
+    def __enter__(self):
+        return self.process.start()
+
+    def __exit__(self, *exc) -> None:
+        self.process.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the scenario
+
+
+def sweep(args, rest_url: str, grpc_target: str, batching: str) -> list[Step]:
+    TARGET.grpc = grpc_target
+    steps = []
+    for scenario in args.scenarios:
+        for concurrency in args.concurrency:
+            step = run_step(scenario, concurrency, args.warmup, args.seconds, rest_url, batching)
+            _say(step)
+            steps.append(step)
+    return steps
+
+
+def compare(args, rest_url: str, grpc_target: str, rounds: int) -> list[Step]:
+    """Current vs candidate, interleaved (A B A B …) so machine noise hits both alike."""
+    TARGET.grpc = grpc_target
+    steps = []
+    for _ in range(rounds):
+        for side, spec in (("current", args.current), ("candidate", args.candidate)):
+            TARGET.version, TARGET.label = (int(spec), None) if spec.isdigit() else (None, spec)
+            for scenario in args.scenarios:
+                concurrency = args.slo_file.objective(scenario).concurrency
+                step = run_step(scenario, concurrency, args.warmup, args.seconds, rest_url, "as served")
+                step.label = f"{side}={spec}"
+                _say(step)
+                steps.append(step)
+    TARGET.version = TARGET.label = None
+    return steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pt2tf-loadtest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--artifacts", type=Path, required=True, help="the export's output: reference photos and answers"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="report folder (reports/loadtest)")
+    where = parser.add_argument_group("the server")
+    where.add_argument("--rest", help="REST base URL of a running server (with --grpc): measured as configured")
+    where.add_argument("--grpc", help="gRPC HOST:PORT of a running server")
+    where.add_argument("--models", type=Path, help="model repository for the embedded server this runner starts")
+    where.add_argument("--serve-python", type=Path, help="the lane env's python, which runs the embedded server")
+    parser.add_argument("--lane", default="", help="lane name, for the report")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=os.environ.get("LOADTEST_PROFILE", "default"))
+    parser.add_argument("--concurrency", help="comma-separated users per step (overrides the profile)")
+    parser.add_argument("--warmup", type=float, help="seconds run and discarded before each step")
+    parser.add_argument("--seconds", type=float, help="seconds measured per step")
+    parser.add_argument("--scenarios", default="grpc-tensor,rest-image", help=f"from: {', '.join(USERS)}")
+    parser.add_argument("--batching", default="off,on", help="off,on: restart the embedded server without and with")
+    parser.add_argument("--slo", type=Path, default=Path(__file__).resolve().parents[1] / "slo.toml")
+    parser.add_argument("--current", help="model version or label in production (with --candidate)")
+    parser.add_argument("--candidate", help="model version or label to roll out")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the candidate comparison")
+    parser.add_argument("--model", default="resnet18")
+    args = parser.parse_args(argv)
+
+    concurrency, warmup, seconds = PROFILES[args.profile]
+    args.concurrency = [int(c) for c in args.concurrency.split(",")] if args.concurrency else concurrency
+    args.warmup = warmup if args.warmup is None else args.warmup
+    args.seconds = seconds if args.seconds is None else args.seconds
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in USERS]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}: choose from {', '.join(USERS)}")
+    external = bool(args.rest or args.grpc)
+    if external and not (args.rest and args.grpc):
+        parser.error("give both --rest and --grpc for a running server")
+    if not external and not (args.models and args.serve_python):
+        parser.error("give --rest and --grpc (a running server), or --models and --serve-python (the embedded one)")
+    if bool(args.current) != bool(args.candidate):
+        parser.error("give both --current and --candidate, or neither")
+    try:
+        args.slo_file = slo.load(args.slo, args.scenarios)
+    except slo.SloError as exc:
+        parser.error(str(exc))
+    TARGET.model = args.model
+    TARGET.inputs = load_inputs(args.artifacts)
+    machine = {
+        "cpu": report.cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "lane": args.lane,
+        "weights": TARGET.inputs.weights,
+        "profile": args.profile,
+        "server": f"{args.rest} + {args.grpc}" if external else f"embedded server on {args.models}",
+    }
+    print(f"loadtest on {machine['cpu']}: scenarios {', '.join(args.scenarios)}, concurrency {args.concurrency}, "
+          f"{args.warmup:g} s warm-up + {args.seconds:g} s per step", flush=True)  # fmt: skip
+
+    steps: list[Step] = []
+    comparison: list[Step] = []
+    if external:
+        steps += sweep(args, args.rest.rstrip("/"), args.grpc, "as configured")
+        if args.current:
+            comparison = compare(args, args.rest.rstrip("/"), args.grpc, args.rounds)
+    else:
+        for setting in [b.strip() for b in args.batching.split(",") if b.strip()]:
+            with ManagedServer(args.serve_python, args.models, setting == "on", None) as server:
+                print(f"embedded server, batching {setting}: REST {server.rest_url}, gRPC {server.grpc_target}")
+                steps += sweep(args, server.rest_url, server.grpc_target, setting)
+        if args.current:
+            specific = [int(v) for v in (args.current, args.candidate) if v.isdigit()]
+            with ManagedServer(args.serve_python, args.models, True, specific or None) as server:
+                comparison = compare(args, server.rest_url, server.grpc_target, args.rounds)
+
+    verdicts = slo.gate(args.slo_file, steps, comparison)
+    paths = report.write(args.out, machine, steps, comparison, verdicts, args)
+    print(report.verdict_text(verdicts))
+    for path in paths:
+        print(f"  {path}")
+    return 0 if all(v.ok for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Locust users for TF Serving's REST and gRPC APIs: tensors and JPEG bytes, each answer checked.
+
+Timing lives in one place per protocol: Locust's FastHttpUser times REST, and `TimingInterceptor`
+times every gRPC call and fires Locust's `request` event (the pattern of Locust's own gRPC
+example). A wrong answer — an error, a wrong shape, a top-1 class other than the in-process
+answer for that image — is a failure, never a success. User classes stay small.
+
+Used by the scenario runner (library mode) and by the locust command line, distributed mode
+included (see loadtest/locustfile.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.experimental.gevent as grpc_gevent
+import numpy as np
+import orjson
+from locust import User, constant, task
+from locust.contrib.fasthttp import FastHttpUser
+
+from .inputs import PREDICT_IMAGES, SERVING_DEFAULT, Inputs, Payload
+
+grpc_gevent.init_gevent()  # gRPC's I/O must yield to gevent, or one user blocks them all
+
+MAX_MESSAGE = 2**31 - 1
+
+
+@dataclass
+class Target:
+    """What every user sends to: set by the runner, or from the locust command line."""
+
+    grpc: str = ""
+    model: str = "resnet18"
+    version: int | None = None
+    label: str | None = None
+    inputs: Inputs | None = None
+    timeout: float = 60.0
+
+    def rest_path(self) -> str:
+        path = f"/v1/models/{self.model}"
+        if self.version is not None:
+            path += f"/versions/{self.version}"
+        elif self.label is not None:
+            path += f"/labels/{self.label}"
+        return path + ":predict"
+
+
+TARGET = Target()
+
+
+class WrongAnswer(Exception):
+    """The server answered, but not what the model answers in process."""
+
+
+def check_top1(kind: str, outputs: dict[str, np.ndarray], expected: int) -> None:
+    """Raise WrongAnswer unless `outputs` are one row whose top-1 class is `expected`."""
+    if kind == SERVING_DEFAULT:
+        logits = outputs.get("output")
+        if logits is None or logits.shape != (1, 1000):
+            raise WrongAnswer(f"output shape {None if logits is None else logits.shape}, expected (1, 1000)")
+        got = int(np.argmax(logits[0]))
+    else:
+        classes = outputs.get("classes")
+        if classes is None or classes.shape != (1, 5):
+            raise WrongAnswer(f"classes shape {None if classes is None else classes.shape}, expected (1, 5)")
+        got = int(classes[0][0])
+    if got != expected:
+        raise WrongAnswer(f"top-1 class {got}, the in-process answer is {expected}")
+
+
+class TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Times each gRPC call, checks its answer, and reports it through Locust's request event."""
+
+    def __init__(self, environment, check: Callable[[Any, Any], None]):
+        self.environment = environment
+        self.check = check
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        started = time.perf_counter()
+        exception, length = None, 0
+        call = continuation(client_call_details, request)
+        try:
+            response = call.result()
+            length = response.ByteSize()
+            self.check(request, response)
+        except (grpc.RpcError, WrongAnswer) as error:
+            exception = error
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=client_call_details.method.rsplit("/", 1)[-1] + f" {request.model_spec.signature_name}",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+        return call
+
+
+class _GrpcUser(User):
+    """A gRPC PredictionService client whose calls the interceptor times; subclasses pick the payloads."""
+
+    abstract = True
+    wait_time = constant(0)
+    signature = SERVING_DEFAULT
+    input_key = "input"
+
+    def on_start(self) -> None:
+        from tensorflow.core.framework import tensor_pb2  # noqa: F401  (imports TensorFlow's protos once)
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        payloads = self.payloads()
+        self.requests = []
+        self.expected: dict[int, int] = {}
+        for payload in payloads:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = TARGET.model
+            request.model_spec.signature_name = self.signature
+            if TARGET.version is not None:
+                request.model_spec.version.value = TARGET.version
+            elif TARGET.label is not None:
+                request.model_spec.version_label = TARGET.label
+            request.inputs[self.input_key].CopyFrom(_tensor_proto(payload.grpc_value))
+            self.requests.append(request)
+            self.expected[id(request)] = payload.expected_class
+        self.cycle = itertools.cycle(self.requests)
+        options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
+        self.channel = grpc.insecure_channel(TARGET.grpc, options=options)
+        intercepted = grpc.intercept_channel(self.channel, TimingInterceptor(self.environment, self._check))
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(intercepted)
+
+    def payloads(self) -> list[Payload]:
+        raise NotImplementedError
+
+    def _check(self, request, response) -> None:
+        import tensorflow as tf
+
+        outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
+        check_top1(self.signature, outputs, self.expected[id(request)])
+
+    @task
+    def predict(self) -> None:
+        with contextlib.suppress(grpc.RpcError):  # already reported by the interceptor
+            self.stub.Predict(next(self.cycle), timeout=TARGET.timeout)
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+
+def _tensor_proto(value: np.ndarray):
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(value)
+
+
+class GrpcTensorUser(_GrpcUser):
+    """gRPC Predict on serving_default with a float tensor [1, 3, 224, 224]."""
+
+    def payloads(self) -> list[Payload]:
+        return TARGET.inputs.tensors
+
+
+class GrpcImageUser(_GrpcUser):
+    """gRPC Predict on predict_images with JPEG bytes."""
+
+    signature = PREDICT_IMAGES
+    input_key = "image_bytes"
+
+    def payloads(self) -> list[Payload]:
+        return TARGET.inputs.images
+
+
+class _RestUser(FastHttpUser):
+    """A REST client (geventhttpclient, keep-alive); subclasses pick the payloads."""
+
+    abstract = True
+    wait_time = constant(0)
+    signature = SERVING_DEFAULT
+    network_timeout = 60.0
+    connection_timeout = 60.0
+
+    def on_start(self) -> None:
+        self.cycle = itertools.cycle(self.payloads())
+
+    def payloads(self) -> list[Payload]:
+        raise NotImplementedError
+
+    @task
+    def predict(self) -> None:
+        payload = next(self.cycle)
+        name = f"POST :predict {self.signature}"
+        with self.client.post(TARGET.rest_path(), data=payload.rest_body, name=name, catch_response=True) as answer:
+            if answer.status_code != 200:
+                answer.failure(f"HTTP {answer.status_code}: {(answer.text or '')[:200]}")
+                return
+            try:
+                predictions = orjson.loads(answer.content)["predictions"]
+                if self.signature == SERVING_DEFAULT:
+                    outputs = {"output": np.asarray(predictions, dtype=np.float32)}
+                else:
+                    outputs = {"classes": np.asarray([row["classes"] for row in predictions])}
+                check_top1(self.signature, outputs, payload.expected_class)
+            except (WrongAnswer, KeyError, TypeError, ValueError) as error:
+                answer.failure(f"{type(error).__name__}: {error}")
+
+
+class RestTensorUser(_RestUser):
+    """REST :predict on serving_default, row format, a float tensor as JSON (3.1 MB)."""
+
+    def payloads(self) -> list[Payload]:
+        return TARGET.inputs.tensors
+
+
+class RestImageUser(_RestUser):
+    """REST :predict on predict_images with JPEG bytes as {"b64": ...}."""
+
+    signature = PREDICT_IMAGES
+
+    def payloads(self) -> list[Payload]:
+        return TARGET.inputs.images
+
+
+USERS = {
+    "grpc-tensor": GrpcTensorUser,
+    "grpc-image": GrpcImageUser,
+    "rest-tensor": RestTensorUser,
+    "rest-image": RestImageUser,
+}

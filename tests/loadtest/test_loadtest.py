@@ -1,0 +1,166 @@
+"""The load test's machinery end to end, in seconds per step: real Locust, real servers, the real gate.
+
+It checks what the runner does — steps measured, batching proven from the server's metrics,
+wrong answers counted as failures, the gate passing and failing, the report written — not how
+fast this machine is. nox passes a fresh export and conversion of the default lane
+(PT2TF_TEST_ARTIFACTS, PT2TF_TEST_MODELS) and the python of the lane's env, which runs the
+embedded server (PT2TF_SERVE_PYTHON).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from pt2tf_loadtest import runner
+from pt2tf_loadtest.inputs import load_inputs
+from pt2tf_loadtest.users import TARGET
+from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
+
+MODEL = "resnet18"
+QUICK = ["--concurrency", "1,4", "--warmup", "1", "--seconds", "3"]
+LENIENT = """
+[defaults]
+concurrency = 4
+p99_ms = 60000
+min_images_per_second = 0.5
+max_failure_ratio = 0.0
+min_batching_gain = 0.1
+tolerance = 0.9
+"""
+
+
+def _env(name: str) -> Path:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: run this suite through nox (nox -s 'tests(loadtest)')")
+    return Path(value)
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    return _env("PT2TF_TEST_ARTIFACTS")
+
+
+@pytest.fixture(scope="module")
+def serve_python() -> Path:
+    return _env("PT2TF_SERVE_PYTHON")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """The converted repository with a second version (a copy), for candidate vs current."""
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(_env("PT2TF_TEST_MODELS") / MODEL / "1", models / MODEL / "1")
+    shutil.copytree(models / MODEL / "1", models / MODEL / "2")
+    return models
+
+
+def slo_file(tmp_path: Path, text: str = LENIENT) -> Path:
+    path = tmp_path / "slo.toml"
+    path.write_text(text)
+    return path
+
+
+def run(args: list[str]) -> int:
+    return runner.main([str(a) for a in args])
+
+
+def results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+def test_sweep_with_batching_off_and_on_passes_a_met_gate_and_writes_the_report(
+    artifacts, models, serve_python, tmp_path, capsys
+):
+    out = tmp_path / "report"
+    compare = ["--current", "1", "--candidate", "2", "--rounds", "1"]
+    code = run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out", out,
+                "--slo", slo_file(tmp_path), *compare, *QUICK])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "VERDICT: ready to roll out" in printed
+    found = results(out)
+    steps = found["steps"]
+    assert {(s["scenario"], s["batching"], s["concurrency"]) for s in steps} == {
+        (scenario, batching, c)
+        for scenario in ("grpc-tensor", "rest-image")
+        for batching in ("off", "on")
+        for c in (1, 4)
+    }
+    assert all(s["failures"] == 0 and s["requests"] > 0 for s in steps)
+    # Locust keeps response times rounded to two significant digits, so a percentile may pass the max a little.
+    odd = [
+        (s["p50_ms"], s["p99_ms"], s["max_ms"])
+        for s in steps
+        if not s["p50_ms"] <= s["p99_ms"] <= 1.05 * s["max_ms"] + 1
+    ]
+    assert not odd, f"(p50, p99, max) out of order: {odd}"
+    assert all(s["batches"] == {} for s in steps if s["batching"] == "off")
+    # With batching on, 4 concurrent callers — gRPC ones under gevent included — share batches.
+    for scenario in ("grpc-tensor", "rest-image"):
+        on = next(s for s in steps if s["batching"] == "on" and s["concurrency"] == 4 and s["scenario"] == scenario)
+        assert any(size != "1" for size in on["batches"]), on["batches"]
+    assert {c["label"] for c in found["comparison"]} == {"current=1", "candidate=2"}
+    objectives = {v["objective"] for v in found["verdicts"]}
+    assert {"p99 latency", "throughput", "failure ratio", "batching gain (on ÷ off)"} <= objectives
+    assert {"candidate throughput ÷ current", "candidate p99 ÷ current"} <= objectives
+    for name in ("summary.md", "report.html", "steps.csv"):
+        assert (out / name).stat().st_size > 0
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "VERDICT" in html
+
+
+def test_a_missed_objective_fails_the_gate_naming_it_and_its_value(artifacts, models, serve_python, tmp_path, capsys):
+    strict = LENIENT.replace("min_images_per_second = 0.5", "min_images_per_second = 1000000")
+    code = run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out",
+                tmp_path / "report", "--slo", slo_file(tmp_path, strict), "--batching", "on",
+                "--scenarios", "grpc-tensor", *QUICK])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "VERDICT: not yet" in printed
+    line = next(line for line in printed.splitlines() if "throughput" in line and "wanted" in line)
+    assert "img/s" in line and "1e+06" in line, line
+
+
+def test_the_same_runner_measures_any_running_server(artifacts, models, serve_python, tmp_path, capsys):
+    config = config_copy(tmp_path / "config")
+    with ServerProcess(embedded_flags(config, models), python=str(serve_python)) as server:
+        code = run(["--artifacts", artifacts, "--rest", server.rest_url, "--grpc", server.grpc_target, "--out",
+                    tmp_path / "report", "--slo", slo_file(tmp_path), "--scenarios", "grpc-image,rest-tensor",
+                    *QUICK])  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    steps = results(tmp_path / "report")["steps"]
+    assert {s["batching"] for s in steps} == {"as configured"}
+    assert {s["scenario"] for s in steps} == {"grpc-image", "rest-tensor"}
+    assert all(s["failures"] == 0 for s in steps)
+
+
+def test_wrong_answers_count_as_failures(artifacts, models, serve_python, tmp_path):
+    inputs = load_inputs(artifacts)
+    wrong = [dataclasses.replace(p, expected_class=(p.expected_class + 1) % 1000) for p in inputs.tensors]
+    wrong_images = [dataclasses.replace(p, expected_class=(p.expected_class + 1) % 1000) for p in inputs.images]
+    config = config_copy(tmp_path / "config")
+    with ServerProcess(embedded_flags(config, models), python=str(serve_python)) as server:
+        TARGET.grpc, TARGET.inputs = server.grpc_target, dataclasses.replace(inputs, tensors=wrong, images=wrong_images)
+        try:
+            for scenario in ("grpc-tensor", "rest-image"):
+                step = runner.run_step(scenario, 2, 0.5, 2.0, server.rest_url, "on")
+                assert step.requests > 0 and step.failures == step.requests, step
+                assert any("in-process answer" in example for example in step.failure_examples), step
+        finally:
+            TARGET.inputs = None
+
+
+def test_bad_slo_file_and_arguments_are_refused_with_a_clear_error(artifacts, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(["--artifacts", artifacts, "--out", tmp_path, "--rest", "http://127.0.0.1:1", "--grpc", "127.0.0.1:1",
+             "--slo", slo_file(tmp_path, "[defaults]\nconcurrency = 4\n")])  # fmt: skip
+    assert "lacks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(["--artifacts", artifacts, "--out", tmp_path, "--rest", "http://127.0.0.1:1"])
+    assert "give both --rest and --grpc" in capsys.readouterr().err
