@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 COLUMNS = [
     "scenario", "batching", "label", "concurrency", "seconds", "requests", "failures", "requests_per_second",
     "images_per_second", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "generator_cpu", "unreliable",
+    "server_requests",
 ]  # fmt: skip
 
 
@@ -99,13 +100,28 @@ def _step_rows(steps) -> list[list]:
          f"{s.requests_per_second:.1f}", f"{s.p50_ms:.0f}", f"{s.p90_ms:.0f}", f"{s.p95_ms:.0f}", f"{s.p99_ms:.0f}",
          f"{s.max_ms:.0f}",
          f"{s.failure_ratio:.1%}", f"{s.generator_cpu:.0%}" + (" ⚠ saturated" if s.unreliable else ""),
+         "–" if s.server_requests is None else s.server_requests,
          ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–"]
         for s in steps
     ]  # fmt: skip
 
 
 STEP_HEADERS = ["scenario", "batching", "model", "users", "img/s", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
-                "max ms", "failures", "generator CPU", "server batches (rows: count)"]  # fmt: skip
+                "max ms", "failures", "generator CPU", "server: answered", "server batches (rows: count)"]  # fmt: skip
+
+
+def capacity_rows(steps, slo_file) -> list[list]:
+    """Per scenario and batching setting: the highest throughput whose p99 stays within the SLO (MLPerf's Server)."""
+    rows = []
+    for scenario in dict.fromkeys(s.scenario for s in steps):
+        bound = slo_file.objective(scenario).p99_ms
+        for setting in dict.fromkeys(s.batching for s in steps if s.scenario == scenario):
+            within = [s for s in steps if s.scenario == scenario and s.batching == setting
+                      and s.p99_ms <= bound and not s.unreliable and s.failures == 0]  # fmt: skip
+            best = max(within, key=lambda s: s.images_per_second, default=None)
+            found = f"{best.images_per_second:.1f} img/s at {best.concurrency} users" if best else "none"
+            rows.append([scenario, setting, f"≤ {bound:g} ms", found])
+    return rows
 
 
 def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[Path]:
@@ -130,6 +146,13 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[P
         "## SLO verdict",
         "",
         _table(["where", "objective", "wanted", "measured", ""], verdict_rows),
+        "",
+        "## Capacity within the p99 objective",
+        "",
+        _table(
+            ["scenario", "batching", "p99 objective", "highest throughput within it"],
+            capacity_rows(steps, args.slo_file),
+        ),
         "",
         "## Steps",
         "",

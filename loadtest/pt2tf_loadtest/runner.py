@@ -46,6 +46,7 @@ PROFILES = {  # concurrency sweep, warm-up and measured seconds per step
 SATURATED = 0.9  # Locust warns when its process passes 90% CPU
 METRICS_PATH = "/monitoring/prometheus/metrics"
 BATCH_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
+REQUEST_METRIC = ":tensorflow:serving:request_count{"
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Step:
     generator_cpu: float  # share of one core used by this process while measuring
     unreliable: bool
     batches: dict[str, int] = field(default_factory=dict)  # server-side: batch size bucket → batches
+    server_requests: int | None = None  # server-side: requests it answered OK while measured
     failure_examples: list[str] = field(default_factory=list)
     label: str = ""  # the model version or label asked for, when comparing two
 
@@ -77,18 +79,20 @@ class Step:
 # ---------------------------------------------------------------------------- the server's metrics
 
 
-def scrape_batches(rest_url: str) -> dict[str, int] | None:
-    """Cumulative processed-batch-size buckets from the server's Prometheus page (None: no page)."""
+def scrape(rest_url: str) -> tuple[dict[str, int], int] | None:
+    """From the server's Prometheus page: cumulative processed-batch-size buckets, and requests answered OK."""
     try:
         page = urllib.request.urlopen(rest_url + METRICS_PATH, timeout=30).read().decode()
     except OSError:
         return None
-    buckets = {}
+    buckets, answered = {}, 0
     for line in page.splitlines():
         match = re.match(re.escape(BATCH_METRIC) + r'_bucket\{le="([^"]+)"\} (\d+)', line)
         if match:
             buckets[match.group(1)] = int(match.group(2))
-    return buckets
+        elif line.startswith(REQUEST_METRIC) and 'status="OK"' in line:
+            answered += int(float(line.rsplit(" ", 1)[1]))
+    return buckets, answered
 
 
 def batch_histogram(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int]:
@@ -128,7 +132,7 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
     runner.start(concurrency, spawn_rate=concurrency)
     gevent.sleep(warmup)
     environment.stats.reset_all()
-    before = scrape_batches(rest_url)
+    before = scrape(rest_url)
     process = psutil.Process()
     cpu_before, started = process.cpu_times(), time.monotonic()
     gevent.sleep(seconds)
@@ -139,8 +143,8 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
     percentiles = {p: float(total.get_response_time_percentile(p) or 0) for p in (0.50, 0.90, 0.95, 0.99)}
     examples = [f"{error.name}: {error.error}" for error in list(environment.stats.errors.values())[:3]]
     max_ms = total.max_response_time or 0.0
+    after = scrape(rest_url)  # before the users stop: what they finish while stopping is not this step's
     runner.quit()
-    after = scrape_batches(rest_url)
     cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
     ok = requests - failures
     return Step(
@@ -159,7 +163,8 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
         max_ms=float(max_ms),
         generator_cpu=cpu,
         unreliable=cpu > SATURATED,
-        batches=batch_histogram(before, after),
+        batches=batch_histogram(before and before[0], after and after[0]),
+        server_requests=after[1] - before[1] if before and after else None,
         failure_examples=examples,
     )
 

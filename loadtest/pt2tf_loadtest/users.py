@@ -22,12 +22,16 @@ import grpc
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 import orjson
+import tensorflow as tf
 from locust import User, constant, task
 from locust.contrib.fasthttp import FastHttpUser
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from .inputs import PREDICT_IMAGES, SERVING_DEFAULT, Inputs, Payload
 
 grpc_gevent.init_gevent()  # gRPC's I/O must yield to gevent, or one user blocks them all
+# TensorFlow (for TF Serving's protos) is imported here, once: imported lazily by users starting
+# together, greenlets would see it half-initialized.
 
 MAX_MESSAGE = 2**31 - 1
 
@@ -112,9 +116,6 @@ class _GrpcUser(User):
     input_key = "input"
 
     def on_start(self) -> None:
-        from tensorflow.core.framework import tensor_pb2  # noqa: F401  (imports TensorFlow's protos once)
-        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
         payloads = self.payloads()
         self.requests = []
         self.expected: dict[int, int] = {}
@@ -126,7 +127,7 @@ class _GrpcUser(User):
                 request.model_spec.version.value = TARGET.version
             elif TARGET.label is not None:
                 request.model_spec.version_label = TARGET.label
-            request.inputs[self.input_key].CopyFrom(_tensor_proto(payload.grpc_value))
+            request.inputs[self.input_key].CopyFrom(tf.make_tensor_proto(payload.grpc_value))
             self.requests.append(request)
             self.expected[id(request)] = payload.expected_class
         self.cycle = itertools.cycle(self.requests)
@@ -139,8 +140,6 @@ class _GrpcUser(User):
         raise NotImplementedError
 
     def _check(self, request, response) -> None:
-        import tensorflow as tf
-
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
         check_top1(self.signature, outputs, self.expected[id(request)])
 
@@ -151,12 +150,6 @@ class _GrpcUser(User):
 
     def on_stop(self) -> None:
         self.channel.close()
-
-
-def _tensor_proto(value: np.ndarray):
-    import tensorflow as tf
-
-    return tf.make_tensor_proto(value)
 
 
 class GrpcTensorUser(_GrpcUser):
@@ -194,7 +187,7 @@ class _RestUser(FastHttpUser):
     @task
     def predict(self) -> None:
         payload = next(self.cycle)
-        name = f"POST :predict {self.signature}"
+        name = f":predict {self.signature}"
         with self.client.post(TARGET.rest_path(), data=payload.rest_body, name=name, catch_response=True) as answer:
             if answer.status_code != 200:
                 answer.failure(f"HTTP {answer.status_code}: {(answer.text or '')[:200]}")

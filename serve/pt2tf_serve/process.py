@@ -46,6 +46,44 @@ def embedded_flags(config: Path, models: Path, *extra: str) -> list[str]:
     return [*flags, f"--volume={config}:/config", f"--volume={models}:/models", *extra]
 
 
+class Spawned:
+    """A child started with posix_spawn, with the part of subprocess.Popen's interface the callers use.
+
+    Not fork: a load generator that has used gRPC may fork while gRPC's poller threads run, and
+    gRPC's fork handlers then abort the child before it execs (seen here as exit -6, "epoll_wait
+    error: Bad file descriptor"). posix_spawn runs no fork handlers.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        # setsid: its own process group, which a stop can reach whole, and which a Ctrl-C meant for us misses
+        self.pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.05)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+
 class ServerProcess:
     """`with ServerProcess(flags) as server:` — started, ready, and stopped (SIGTERM, then SIGKILL) on exit."""
 
@@ -63,7 +101,7 @@ class ServerProcess:
         self.startup_timeout = startup_timeout
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         self.log_path = Path(tempfile.mkstemp(prefix="pt2tf-serve-", suffix=".log")[1])
-        self.process: subprocess.Popen | None = None
+        self.process: Spawned | None = None
         self.python = python  # the interpreter of an env with TensorFlow and the server's packages
 
     @property
@@ -79,15 +117,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def start(self) -> ServerProcess:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [self.python, "-m", "pt2tf_serve.server", *self.flags],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                start_new_session=True,  # its own process group: a stop reaches every child
-            )
+        self.process = Spawned([self.python, "-m", "pt2tf_serve.server", *self.flags], self.env, self.log_path)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if READY_LINE in self.log():
@@ -114,7 +144,7 @@ class ServerProcess:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            return self.process.wait()
+            return self.process.wait(timeout)
 
     def rss_bytes(self, field: str = "VmRSS") -> int:
         """Resident memory of the server (VmRSS now, or VmHWM: the peak so far)."""

@@ -9,10 +9,13 @@ embedded server (PT2TF_SERVE_PYTHON).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from pt2tf_loadtest.users import TARGET
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 
 MODEL = "resnet18"
+LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
 QUICK = ["--concurrency", "1,4", "--warmup", "1", "--seconds", "3"]
 LENIENT = """
 [defaults]
@@ -164,3 +168,21 @@ def test_bad_slo_file_and_arguments_are_refused_with_a_clear_error(artifacts, tm
     with pytest.raises(SystemExit):
         run(["--artifacts", artifacts, "--out", tmp_path, "--rest", "http://127.0.0.1:1"])
     assert "give both --rest and --grpc" in capsys.readouterr().err
+
+
+def test_locust_command_line_in_distributed_mode_uses_the_same_users(artifacts, models, serve_python, tmp_path):
+    locust = Path(sys.executable).with_name("locust")
+    config = config_copy(tmp_path / "config")
+    with ServerProcess(embedded_flags(config, models), python=str(serve_python)) as server:
+        done = subprocess.run(
+            [str(locust), "-f", str(LOCUSTFILE), "--headless", "--processes", "2", "-u", "4", "-r", "4", "-t", "6s",
+             "--host", server.rest_url, "--grpc-target", server.grpc_target, "--artifacts", str(artifacts),
+             "--csv", str(tmp_path / "cli"), "GrpcTensorUser", "RestImageUser"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "cli_stats.csv").open()))
+    by_name = {row["Name"]: row for row in rows}
+    assert int(by_name["Predict serving_default"]["Request Count"]) > 0
+    assert int(by_name[":predict predict_images"]["Request Count"]) > 0
+    assert all(int(row["Failure Count"]) == 0 for row in rows), rows
