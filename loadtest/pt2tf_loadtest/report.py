@@ -74,7 +74,7 @@ def _plots(steps) -> bytes:
             batches.bar(range(len(labels)), counts, color="tab:green")
             batches.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
             batches.set(
-                title=f"{scenario}: server batch sizes ({top.concurrency} users, batching {top.batching})",
+                title=f"{scenario}: batch sizes, {top.concurrency} users",
                 xlabel="rows per batch (server side)",
                 ylabel="batches",
             )
@@ -173,11 +173,13 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[P
     image = (
         f'<img alt="throughput, latency and batch sizes" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
     )
+    body = _html(summary).replace("<p>Plots: ", f"{image if png else ''}<p>Plots: ", 1)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>pt2tf load test</title>"
         "<style>body{font-family:sans-serif;max-width:1400px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%}</style></head><body>"
-        f"<pre>{html.escape(summary)}</pre>{image if png else ''}</body></html>"
+        "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%}"
+        ".verdict{font-size:1.2em;font-weight:bold}</style></head><body>"
+        f"{body}</body></html>"
     )
     _atomic(paths[1], page.encode())
     buffer = io.StringIO()
@@ -195,6 +197,35 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[P
     }
     _atomic(paths[3], (json.dumps(results, indent=1) + "\n").encode())
     return paths
+
+
+def _html(markdown: str) -> str:
+    """The summary's own Markdown (headings, tables, paragraphs) as HTML: the page needs nothing else."""
+    parts, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            rows = [[html.escape(c.strip()).replace("**", "") for c in line.strip("|").split("|")] for line in table]
+            head = "".join(f"<th>{c}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[2:])
+            parts.append(f"<table><tr>{head}</tr>{body}</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("## "):
+            parts.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            parts.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("VERDICT"):
+            parts.append(f"<p class='verdict'>{html.escape(line.rstrip())}</p>")
+        elif line.strip():
+            parts.append(f"<p>{html.escape(line.strip())}</p>")
+    flush_table()
+    return "\n".join(parts)
 
 
 def _atomic(path: Path, data: bytes) -> None:
