@@ -186,3 +186,12 @@ def test_locust_command_line_in_distributed_mode_uses_the_same_users(artifacts, 
     assert int(by_name["Predict serving_default"]["Request Count"]) > 0
     assert int(by_name[":predict predict_images"]["Request Count"]) > 0
     assert all(int(row["Failure Count"]) == 0 for row in rows), rows
+
+
+def test_the_repositorys_slo_file_covers_every_scenario():
+    from pt2tf_loadtest import slo
+    from pt2tf_loadtest.users import USERS
+
+    objectives = slo.load(Path(runner.__file__).resolve().parents[1] / "slo.toml", list(USERS)).objectives
+    assert set(objectives) == set(USERS)
+    assert all(o.concurrency in runner.PROFILES["default"][0] for o in objectives.values())
