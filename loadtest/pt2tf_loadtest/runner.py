@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slo", type=Path, default=Path(__file__).resolve().parents[1] / "slo.toml")
     parser.add_argument("--current", help="model version or label in production (with --candidate)")
     parser.add_argument("--candidate", help="model version or label to roll out")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the candidate comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the candidate comparison")
     parser.add_argument("--model", default="resnet18")
     args = parser.parse_args(argv)
 
