@@ -131,9 +131,10 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
     runner = environment.create_local_runner()
     runner.start(concurrency, spawn_rate=concurrency)
     gevent.sleep(warmup)
-    environment.stats.reset_all()
     before = scrape(rest_url)
     process = psutil.Process()
+    # The window opens here, after the scrape: what finished while it ran is warm-up.
+    environment.stats.reset_all()
     cpu_before, started = process.cpu_times(), time.monotonic()
     gevent.sleep(seconds)
     cpu_after, elapsed = process.cpu_times(), time.monotonic() - started
@@ -163,7 +164,7 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
         max_ms=float(max_ms),
         generator_cpu=cpu,
         unreliable=cpu > SATURATED,
-        batches=batch_histogram(before and before[0], after and after[0]),
+        batches=batch_histogram(before[0], after[0]) if before and after else {},
         server_requests=after[1] - before[1] if before and after else None,
         failure_examples=examples,
     )
@@ -201,10 +202,14 @@ class ManagedServer:
         self.process = ServerProcess(embedded_flags(config, models, *extra), python=str(python))
 
     def __enter__(self):
-        return self.process.start()
+        try:
+            return self.process.start()
+        except BaseException:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise
 
     def __exit__(self, *exc) -> None:
-        self.process.stop()
+        self.process.__exit__(*exc)  # stops it and removes its log
         shutil.rmtree(self.folder, ignore_errors=True)
 
 

@@ -88,18 +88,22 @@ class TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         started = time.perf_counter()
-        exception, length = None, 0
+        exception, length, elapsed = None, 0, None
         call = continuation(client_call_details, request)
         try:
             response = call.result()
+            elapsed = time.perf_counter() - started  # the answer's arrival, as REST is timed: checking it is ours
             length = response.ByteSize()
             self.check(request, response)
-        except (grpc.RpcError, WrongAnswer) as error:
-            exception = error
+        except grpc.RpcError as error:
+            elapsed, exception = time.perf_counter() - started, error
+        except Exception as error:  # a wrong answer, or one too odd to check: a failure either way
+            exception = error if isinstance(error, WrongAnswer) else WrongAnswer(f"{type(error).__name__}: {error}")
+            elapsed = elapsed if elapsed is not None else time.perf_counter() - started
         self.environment.events.request.fire(
             request_type="grpc",
             name=client_call_details.method.rsplit("/", 1)[-1] + f" {request.model_spec.signature_name}",
-            response_time=(time.perf_counter() - started) * 1000,
+            response_time=elapsed * 1000,
             response_length=length,
             exception=exception,
             context={},

@@ -36,6 +36,10 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 RunBatch = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
+class QueueClosed(Exception):
+    """The queue closed (its version is unloading) after the caller took it; the caller still holds the version."""
+
+
 @dataclass
 class BatchStats:
     """What one processed batch looked like; the metrics exporter records it."""
@@ -284,10 +288,12 @@ class SharedBatchScheduler:
 
     def _enqueue(self, queue: BatchQueue, tasks: list[_Task]) -> None:
         with self._lock:
-            if queue.closed_for_good or self._stopping:
-                raise ServingError("UNAVAILABLE", f"{queue.name} is unloading; retry")
+            if queue.closed_for_good:
+                raise QueueClosed(queue.name)
+            if self._stopping:
+                raise ServingError("UNAVAILABLE", "the server is shutting down")
             queue._add(tasks)
-            self._lock.notify()
+            self._lock.notify_all()  # not notify(): a closer waiting on the same condition must not swallow it
 
     def _take(self) -> tuple[BatchQueue, _Batch] | None:
         """The next batch to run, waiting for one; None when stopping. Called without the lock."""
@@ -331,13 +337,20 @@ class SharedBatchScheduler:
                 queue._closed.append(queue._open)
                 queue._open = None
             self._lock.notify_all()
+            drained = True
             while queue._closed or queue._in_flight:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return False
+                    drained = False
+                    break
                 self._lock.wait(timeout=remaining)
+            for batch in queue._closed:  # not run in time: answer them before their Session closes
+                for task in batch.tasks:
+                    if task.future.set_running_or_notify_cancel():
+                        task.future.set_exception(ServingError("UNAVAILABLE", f"{queue.name} unloaded first"))
+            queue._closed.clear()
             self._queues.remove(queue)
-            return True
+            return drained
 
     def stop(self) -> None:
         """Run what is queued, then end the threads."""

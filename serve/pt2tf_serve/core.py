@@ -226,8 +226,12 @@ class ServerCore:
             doomed = [
                 v for n, v in model.versions.items() if n not in aspired and v.state == AVAILABLE and not keep_old
             ]
-            for n in [n for n, v in model.versions.items() if n not in aspired and v.state in (START, END)]:
-                if model.removed or n not in on_disk:
+            for n, v in list(model.versions.items()):
+                if n in aspired:
+                    continue
+                if v.state == LOADING and v.error is not None:  # a retry no longer wanted: give up on it
+                    v.state = END
+                if v.state in (START, END) and (model.removed or n not in on_disk):
                     del model.versions[n]
         for version in doomed:
             self._unload(model, version)
@@ -287,16 +291,6 @@ class ServerCore:
             self._changed.notify_all()
         if servable is not None:
             servable.close()
-
-    def wait_until_idle(self, timeout: float) -> bool:
-        """Wait until no request holds any version; True when idle."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while any(v.users for m in self.models.values() for v in m.versions.values()):
-                if time.monotonic() >= deadline:
-                    return False
-                self._changed.wait(timeout=0.1)
-        return True
 
     def shutdown(self) -> None:
         """Unload every version and stop the batch threads."""
@@ -364,7 +358,6 @@ class ServerCore:
 
                 name = f"model {servable.name} version {version.number} signature {signature.name}"
                 queue = version.queues[signature.name] = self.scheduler.add_queue(self.batching, run, name)
-                queue.model_name = servable.name
             return queue
 
     def status(self, name: str, version: int | None) -> list[Version]:
@@ -378,10 +371,6 @@ class ServerCore:
                     raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
                 return [model.versions[version]]
             return [model.versions[v] for v in sorted(model.versions, reverse=True)]
-
-    def wait_for_change(self, timeout: float) -> None:
-        with self._lock:
-            self._changed.wait(timeout)
 
 
 def _code_of(exc: Exception) -> str:

@@ -171,10 +171,12 @@ def _strings(value: Any, spec: TensorSpec) -> np.ndarray:
     shape = _shape_of(value)
     flat: list[bytes] = []
 
-    def walk(v: Any) -> None:
+    def walk(v: Any, level: int = 0) -> None:
         if isinstance(v, list):
+            if level >= len(shape) or len(v) != shape[level]:  # ragged: TF Serving names where
+                raise _walk_problem(value, spec)
             for item in v:
-                walk(item)
+                walk(item, level + 1)
         elif isinstance(v, str):
             flat.append(v.encode())
         elif _is_b64(v) and isinstance(v["b64"], str):

@@ -5,12 +5,14 @@ Checks and messages follow TF Serving's predict_util.cc and batching_session.cc.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
 
+from .batching import QueueClosed
 from .core import ServerCore, Version
 from .metrics import Metrics
 from .servable import Servable, Signature, type_name
@@ -113,10 +115,13 @@ class Predictor:
         outputs = check_output_filter(signature, output_filter)
         started = time.monotonic()
         queue = self.core.queue(version, signature)
-        if queue is None:
+        future = None
+        if queue is not None:
+            with contextlib.suppress(QueueClosed):  # the version began unloading: it is held, so run it here
+                future = queue.submit(inputs, size)
+        if future is None:
             result = version.servable.run(signature, inputs, outputs)
         else:
-            future = queue.submit(inputs, size)
             try:
                 batched = future.result(timeout=timeout)
             except FutureTimeout:

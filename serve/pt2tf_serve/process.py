@@ -100,7 +100,9 @@ class ServerProcess:
         self.flags = [*flags, f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}"]
         self.startup_timeout = startup_timeout
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-        self.log_path = Path(tempfile.mkstemp(prefix="pt2tf-serve-", suffix=".log")[1])
+        handle, name = tempfile.mkstemp(prefix="pt2tf-serve-", suffix=".log")
+        os.close(handle)  # the child opens it by name
+        self.log_path = Path(name)
         self.process: Spawned | None = None
         self.python = python  # the interpreter of an env with TensorFlow and the server's packages
 
@@ -118,16 +120,23 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self.process = Spawned([self.python, "-m", "pt2tf_serve.server", *self.flags], self.env, self.log_path)
+        try:
+            self._wait_until_ready()
+        except BaseException:  # Ctrl-C included: a server in its own session would outlive us
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if READY_LINE in self.log():
-                return self
+                return
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"pt2tf-serve exited with {self.process.returncode} before it was ready:\n{self.tail()}"
                 )
             time.sleep(0.2)
-        self.stop()
         raise RuntimeError(f"pt2tf-serve was not ready within {self.startup_timeout:.0f} s:\n{self.tail()}")
 
     def tail(self, lines: int = 40) -> str:

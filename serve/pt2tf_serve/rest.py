@@ -76,7 +76,9 @@ class RestApi:
         self.in_flight += 1
         try:
             return await self._route(request)
-        except (ServingError, web.HTTPException):
+        except ServingError as error:
+            return _error(error)
+        except web.HTTPException:
             raise
         except Exception as exc:  # a bug must still answer in TF Serving's shape, and the server lives on
             log(f"internal error on {request.method} {request.path}: {type(exc).__name__}: {exc}")
@@ -109,6 +111,7 @@ class RestApi:
                 return web.Response(status=200, headers=JSON_HEADERS)
             return _error(ServingError("INVALID_ARGUMENT", "Origin header is missing in CORS preflight"))
         match = PREDICTION_PATH.fullmatch(path)
+        # The path regex ignores case, but TF Serving compares the method literally: `:PREDICT` is malformed.
         if request.method == "POST" and match and match.group(4) in ("predict", "classify", "regress"):
             return await self._inference(request, match)
         match = STATUS_PATH.fullmatch(path)

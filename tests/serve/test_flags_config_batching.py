@@ -12,13 +12,14 @@ import base64
 import json
 import math
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from pt2tf_serve import flags
-from pt2tf_serve.batching import QUEUE_FULL, BatchQueue, BatchStats, SharedBatchScheduler
+from pt2tf_serve.batching import QUEUE_FULL, BatchQueue, BatchStats, QueueClosed, SharedBatchScheduler
 from pt2tf_serve.config import (
     DEFAULT_PROMETHEUS_PATH,
     Batching,
@@ -623,10 +624,29 @@ def test_close_drains_the_queue_then_refuses_new_work(make_queue):
     assert queue.close(timeout=WAIT)  # runs the open batch now, not after its 10-minute timeout
     assert waiting.done()
     np.testing.assert_array_equal(answer(waiting), block(0, 3) * 2)
-    with pytest.raises(ServingError) as error:
+    with pytest.raises(QueueClosed):  # the predict path then runs the held version directly
         submit(queue, block(3, 1))
-    assert error.value.code == "UNAVAILABLE"
     assert model.sizes == [3]
+
+
+def test_a_queue_closing_does_not_swallow_the_wake_up_of_another_queues_request(start_scheduler):
+    old, new = Model(), Model()
+    scheduler = start_scheduler(2, model=old)
+    options = Batching(max_batch_size=8, batch_timeout_micros=50_000)
+    old_queue, new_queue = scheduler.add_queue(options, old, "old"), scheduler.add_queue(options, new, "new")
+    old.gate.clear()  # the old version's batch runs on and on
+    running = submit(old_queue, block(0, 1))
+    assert old.entered.wait(WAIT)
+    closing = threading.Thread(target=old_queue.close, kwargs={"timeout": WAIT})
+    closing.start()  # waits on the scheduler's condition, as unloading does
+    time.sleep(0.2)
+    fresh = submit(new_queue, block(1, 1))
+    # The idle thread must take the new batch after its 50 ms, not when the old batch ends.
+    np.testing.assert_array_equal(fresh.result(timeout=WAIT / 2)["y"], block(1, 1) * 2)
+    assert not running.done()
+    old.gate.set()
+    closing.join(WAIT)
+    np.testing.assert_array_equal(answer(running), block(0, 1) * 2)
 
 
 def test_stop_runs_what_is_queued_and_ends_the_threads(start_scheduler):
