@@ -15,8 +15,11 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "toolchain"))
+for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only modules, imported below
+    sys.path.insert(0, str(ROOT / _folder))
 
+from pt2tf_convert.repository import versions  # noqa: E402
+from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags  # noqa: E402
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
 from pt2tf_toolchain.lock import drift, load_lock, staleness  # noqa: E402
 from pt2tf_toolchain.matrix import Lane, load_matrix  # noqa: E402
@@ -169,24 +172,19 @@ def _verify(session: nox.Session, lane: Lane) -> None:
     )
 
 
-DOCKER_CONFIG = ROOT / "docker" / "config"
-
-
-def server_flags() -> list[str]:
-    """docker/config/server.flags: the tensorflow_model_server flags compose and the embedded server share."""
-    lines = (DOCKER_CONFIG / "server.flags").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+def _require_model(session: nox.Session, lane: Lane) -> None:
+    if not versions(MODELS / lane.name / MODEL_NAME):
+        session.error(
+            f"lane {lane.name} has no converted model in {MODELS / lane.name}: run nox -s convert-{lane.name}"
+        )
 
 
 def _serve(session: nox.Session, lane: Lane) -> None:
     """Serve in the foreground until Ctrl-C; posargs after `--` are more tensorflow_model_server flags."""
-    if not (MODELS / lane.name / MODEL_NAME).is_dir():
-        session.error(
-            f"lane {lane.name} has no converted model in {MODELS / lane.name}: run nox -s convert-{lane.name}"
-        )
-    volumes = [f"--volume={DOCKER_CONFIG}:/config", f"--volume={MODELS / lane.name}:/models"]
+    _require_model(session, lane)
     session.log(f"embedded server (pt2tf-serve) on lane {lane.name}, standing in for {lane.serving_image}")
-    run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *server_flags(), *volumes, *session.posargs)
+    flags = embedded_flags(DOCKER_CONFIG, MODELS / lane.name, *session.posargs)  # docker/config/server.flags
+    run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *flags)
 
 
 STAGES = {
@@ -284,8 +282,7 @@ def serve_check(session: nox.Session) -> None:
 def serve_bench(session: nox.Session) -> None:
     """Served vs in-process throughput, batching on vs off, REST vs gRPC, default lane (reports/serve-bench.md)."""
     lane = MATRIX.lane(None)
-    if not (MODELS / lane.name / MODEL_NAME).is_dir():
-        session.error(f"lane {lane.name} has no converted model: run nox -s export convert first")
+    _require_model(session, lane)
     args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.bench", *args, "--out", str(REPORTS / "serve-bench.md"),
            *session.posargs)  # fmt: skip
@@ -295,8 +292,7 @@ def serve_bench(session: nox.Session) -> None:
 def loadtest(session: nox.Session) -> None:
     """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/), default lane."""
     lane = MATRIX.lane(None)
-    if not (MODELS / lane.name / MODEL_NAME).is_dir():
-        session.error(f"lane {lane.name} has no converted model: run nox -s export convert first")
+    _require_model(session, lane)
     serve_python = env_python(session, lane.env_for("serve"))
     args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "loadtest"), "--lane", lane.name]
     if not any(arg.startswith("--rest") for arg in session.posargs):  # no external server: start the embedded one
@@ -307,7 +303,7 @@ def loadtest(session: nox.Session) -> None:
 
 def _candidate_args(model_dir: Path) -> list[str]:
     """The newest version as the candidate against the one before it, when the repository holds two."""
-    found = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    found = versions(model_dir)
     return ["--current", str(found[-2]), "--candidate", str(found[-1])] if len(found) >= 2 else []
 
 

@@ -7,7 +7,6 @@ import csv
 import html
 import io
 import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,17 +20,6 @@ COLUMNS = [
     "images_per_second", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "generator_cpu", "unreliable",
     "server_requests",
 ]  # fmt: skip
-
-
-def cpu_model() -> str:
-    """The CPU's model name: figures differ 2× between this project's machines."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def verdict_text(verdicts) -> str:

@@ -25,13 +25,14 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gevent
 import psutil
 from locust.env import Environment
+from pt2tf_serve.bench import cpu_model
+from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, REQUEST_COUNT, fetch_page
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 
 from . import report, slo
@@ -44,9 +45,6 @@ PROFILES = {  # concurrency sweep, warm-up and measured seconds per step
     "full": ([1, 2, 4, 8, 16, 24, 32, 48, 64], 10.0, 60.0),
 }
 SATURATED = 0.9  # Locust warns when its process passes 90% CPU
-METRICS_PATH = "/monitoring/prometheus/metrics"
-BATCH_METRIC = ":tensorflow:serving:batching_session:processed_batch_size"
-REQUEST_METRIC = ":tensorflow:serving:request_count{"
 
 
 @dataclass
@@ -82,16 +80,14 @@ class Step:
 def scrape(rest_url: str) -> tuple[dict[str, int], int] | None:
     """From the server's Prometheus page: cumulative processed-batch-size buckets, and requests answered OK."""
     try:
-        page = urllib.request.urlopen(rest_url + METRICS_PATH, timeout=30).read().decode()
+        samples = fetch_page(rest_url)
     except OSError:
         return None
-    buckets, answered = {}, 0
-    for line in page.splitlines():
-        match = re.match(re.escape(BATCH_METRIC) + r'_bucket\{le="([^"]+)"\} (\d+)', line)
-        if match:
-            buckets[match.group(1)] = int(match.group(2))
-        elif line.startswith(REQUEST_METRIC) and 'status="OK"' in line:
-            answered += int(float(line.rsplit(" ", 1)[1]))
+    prefix = PROCESSED_BATCH_SIZE + '_bucket{le="'
+    buckets = {key[len(prefix) : -2]: int(value) for key, value in samples.items() if key.startswith(prefix)}
+    answered = sum(
+        int(value) for key, value in samples.items() if key.startswith(REQUEST_COUNT + "{") and 'status="OK"' in key
+    )
     return buckets, answered
 
 
@@ -293,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     TARGET.model = args.model
     TARGET.inputs = load_inputs(args.artifacts)
     machine = {
-        "cpu": report.cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "lane": args.lane,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from .metrics import PROCESSED_BATCH_SIZE, fetch_page
 from .process import ServerProcess, config_copy, embedded_flags
 
 MODEL = "resnet18"
@@ -34,9 +35,12 @@ MODEL = "resnet18"
 
 def cpu_model() -> str:
     """The CPU's model name (figures differ by 2× between the machines this runs on)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or "unknown CPU"
 
 
@@ -126,22 +130,10 @@ class Load:
         )
 
 
-def _batch_means(rest_url: str) -> dict[str, float]:
-    import urllib.request
-
-    page = urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics", timeout=30).read().decode()
-    values = {}
-    for line in page.splitlines():
-        for name in ("processed_batch_size", "input_batch_size"):
-            for suffix in ("_sum{}", "_count{}"):
-                if line.startswith(f":tensorflow:serving:batching_session:{name}{suffix}"):
-                    values[name + suffix[:-2]] = float(line.split()[-1])
-    if not values.get("processed_batch_size_count"):
-        return {}
-    return {
-        "mean processed batch": values["processed_batch_size_sum"] / values["processed_batch_size_count"],
-        "batches": values["processed_batch_size_count"],
-    }
+def _batch_totals(rest_url: str) -> tuple[float, float]:
+    """Rows and batches the server has processed so far, from its Prometheus page."""
+    samples = fetch_page(rest_url)
+    return samples.get(PROCESSED_BATCH_SIZE + "_sum{}", 0.0), samples.get(PROCESSED_BATCH_SIZE + "_count{}", 0.0)
 
 
 def served(models: Path, batching: bool, tensors: np.ndarray, photos: list[bytes], args) -> list[Figure]:
@@ -187,15 +179,11 @@ def served(models: Path, batching: bool, tensors: np.ndarray, photos: list[bytes
         if not batching:
             runs = runs[:1]
         for call, what in runs:
-            before = _batch_means(server.rest_url) if batching else {}
+            before = _batch_totals(server.rest_url) if batching else None
             figure = Load(call, args.callers, 1).run(args.warmup, args.seconds, what)
-            after = _batch_means(server.rest_url) if batching else {}
-            if after:
-                count = after["batches"] - before.get("batches", 0)
-                total = after["mean processed batch"] * after["batches"] - before.get(
-                    "mean processed batch", 0
-                ) * before.get("batches", 0)
-                figure.batch_sizes = {"mean processed batch": total / count if count else 0.0}
+            if before is not None:
+                rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
+                figure.batch_sizes = {"mean processed batch": rows / batches if batches else 0.0}
             print(
                 f"  {what}: {figure.images_per_second:6.1f} img/s, p50 {figure.p50_ms:.0f} ms, "
                 f"p99 {figure.p99_ms:.0f} ms, client CPU {figure.client_cpu_share:.0%}",

@@ -177,6 +177,8 @@ def _strings(value: Any, spec: TensorSpec) -> np.ndarray:
                 raise _walk_problem(value, spec)
             for item in v:
                 walk(item, level + 1)
+        elif level != len(shape):  # a value where a list belongs
+            raise _walk_problem(value, spec)
         elif isinstance(v, str):
             flat.append(v.encode())
         elif _is_b64(v) and isinstance(v["b64"], str):
@@ -184,9 +186,7 @@ def _strings(value: Any, spec: TensorSpec) -> np.ndarray:
         else:
             raise _walk_problem(value, spec)
 
-    walk(value)
-    if len(flat) != int(np.prod(shape)):
-        raise _walk_problem(value, spec)
+    walk(value)  # every list checked against `shape`, every value at its depth: `flat` fills it exactly
     array = np.empty(len(flat), dtype=object)
     array[:] = flat
     return array.reshape(shape)

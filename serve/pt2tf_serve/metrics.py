@@ -11,7 +11,28 @@ from __future__ import annotations
 import math
 import re
 import threading
+import urllib.request
 from dataclasses import dataclass, field
+
+# Names as they appear on the page, for those who read it (benches, the load test).
+PROCESSED_BATCH_SIZE = ":tensorflow:serving:batching_session:processed_batch_size"
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+
+
+def parse_page(page: str) -> dict[str, float]:
+    """The samples of a Prometheus page, in page order: `name{labels}` → value."""
+    samples = {}
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+def fetch_page(rest_url: str, path: str = "/monitoring/prometheus/metrics", timeout: float = 30) -> dict[str, float]:
+    """The samples of a server's Prometheus page (raises OSError when it cannot be read)."""
+    with urllib.request.urlopen(rest_url + path, timeout=timeout) as answer:
+        return parse_page(answer.read().decode())
 
 
 def exponential(start: float, factor: float, count: int) -> list[float]:
