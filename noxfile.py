@@ -117,8 +117,7 @@ def _loadtest_suite(session: nox.Session, env: str) -> None:
     with tempfile.TemporaryDirectory(prefix="pt2tf-test-loadtest-") as tmp:
         artifacts, models = Path(tmp) / "artifacts", Path(tmp) / "models"
         _export(session, lane, out=artifacts)
-        run_in(session, lane.env_for("convert"), "-m", "pt2tf_convert.convert", "--lane", lane.name,
-               "--converter", lane.converter, "--artifacts", str(artifacts), "--models", str(models))  # fmt: skip
+        _convert(session, lane, artifacts, models)
         session.env.update(
             {
                 "PT2TF_LANE": lane.name,
@@ -146,16 +145,12 @@ def _export(session: nox.Session, lane: Lane, out: Path | None = None) -> None:
            "--out", str(out or ARTIFACTS / lane.name), *args)  # fmt: skip
 
 
-def _convert(session: nox.Session, lane: Lane) -> None:
-    run_in(
-        session,
-        lane.env_for("convert"),
-        "-m",
-        "pt2tf_convert.convert",
-        *["--lane", lane.name, "--converter", lane.converter],
-        *_lane_paths(lane.name),
-        *session.posargs,
-    )
+def _convert(session: nox.Session, lane: Lane, artifacts: Path | None = None, models: Path | None = None) -> None:
+    """Convert `lane` (default: artifacts/<lane> → models/<lane>; posargs go to the converter only then)."""
+    paths = _lane_paths(lane.name) if artifacts is None else ["--artifacts", str(artifacts), "--models", str(models)]
+    args = session.posargs if artifacts is None else []
+    cmd = ["-m", "pt2tf_convert.convert", "--lane", lane.name, "--converter", lane.converter]
+    run_in(session, lane.env_for("convert"), *cmd, *paths, *args)
 
 
 def _verify(session: nox.Session, lane: Lane) -> None:
