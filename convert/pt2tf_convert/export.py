@@ -24,6 +24,7 @@ import torchvision
 
 from .artifacts import sha256
 from .atomic import replace_dir
+from .metrics import discrimination
 from .model import SEEDED, WeightsError, build_model
 from .progress import step
 from .reference import reference_inputs, save_reference
@@ -108,12 +109,14 @@ def export(
     print(f"export for lane '{lane}': {exporter} exporter, opset {opset} → {out}", file=sys.stderr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with replace_dir(out) as tmp:
-        with step(f"building ResNet18 ({weights} weights)"):
-            model, source = build_model(weights, seed)
         with step("preparing reference inputs (seeded tensors + scikit-image photos)"):
             ref = reference_inputs(seed)
+        what = "seeded weights, classifier calibrated on the reference inputs" if weights == SEEDED else weights
+        with step(f"building ResNet18 ({what})"):
+            model, source = build_model(weights, seed, calibration_inputs=torch.from_numpy(ref.inputs))
         with step(f"running PyTorch {torch.__version__} on {len(ref.inputs)} reference inputs"), torch.no_grad():
             logits = model(torch.from_numpy(ref.inputs)).numpy()
+        answers = discrimination(logits)
         onnx_path = tmp / "model.onnx"
         with step(f"exporting ONNX ({exporter} exporter, opset {opset})"):
             export_onnx(model, onnx_path, exporter, opset)
@@ -145,6 +148,10 @@ def export(
             "output": {"name": OUTPUT_NAME, "shape": [batch_symbol, 1000], "dtype": "float32"},
             "weights": source.source,
             "seed": source.seed,
+            "weights_sha256": source.sha256,
+            "weights_description": source.describe(),
+            "classifier_calibration": source.calibration or None,
+            "reference_answers": answers,
             "onnx_sha256": sha256(onnx_path),
             "reference": {"count": len(ref.names), "names": ref.names},
             "onnxruntime_vs_pytorch_max_abs": {str(k): v for k, v in errors.items()},
@@ -157,6 +164,11 @@ def export(
         }
         (tmp / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"export done: {out / 'model.onnx'} (ONNX Runtime vs PyTorch max abs {worst:.2e})", file=sys.stderr)
+    print(
+        f"reference answers: {answers['distinct_top1']} distinct top-1 classes among {answers['inputs']} inputs, "
+        f"smallest top-1 margin {answers['min_margin']:.3f}; {source.describe()}",
+        file=sys.stderr,
+    )
     return manifest
 
 
@@ -171,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--weights",
         default=SEEDED,
-        help="'seeded' (default), a state_dict file, or a torchvision name such as IMAGENET1K_V1 (local cache only)",
+        help="'seeded' (default), a state_dict file, or a torchvision name such as IMAGENET1K_V1 "
+        "(from the torch hub cache, downloaded and sha256-checked there when absent and the network is reachable)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for seeded weights and the random inputs")
     parser.add_argument(

@@ -23,3 +23,23 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
         "top1_agreement": float(np.mean(reference.argmax(1) == candidate.argmax(1))),
         "top5_set_agreement": float(np.mean(np.all(top5_ref == top5_got, axis=1))),
     }
+
+
+# Of the 16 reference inputs, how many distinct top-1 classes a seeded model must give for
+# agreement on them to mean anything (issue: answers that collapse to a few classes prove little).
+MIN_DISTINCT_TOP1 = 12
+
+
+def discrimination(logits: np.ndarray) -> dict:
+    """Per input, the top-1 class and its margin (top-1 minus top-2 logit); the distinct-class count."""
+    logits = logits.astype(np.float64)
+    order = np.argsort(-logits, axis=1, kind="stable")
+    rows = np.arange(len(logits))
+    margins = logits[rows, order[:, 0]] - logits[rows, order[:, 1]]
+    return {
+        "top1": [int(c) for c in order[:, 0]],
+        "margins": [float(m) for m in margins],
+        "distinct_top1": len(set(order[:, 0].tolist())),
+        "min_margin": float(margins.min()),
+        "inputs": len(logits),
+    }

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,16 @@ import torch
 from PIL import Image
 from pt2tf_convert import export as export_mod
 from pt2tf_convert.export import ExportError, check_symbolic_batch, export, export_onnx
-from pt2tf_convert.model import WeightsError, build_model, seeded_resnet18
+from pt2tf_convert.metrics import MIN_DISTINCT_TOP1, discrimination
+from pt2tf_convert.model import (
+    CALIBRATED_LOGIT_STD,
+    SEEDED_NOTE,
+    WeightsError,
+    build_model,
+    fetch_torchvision_file,
+    seeded_resnet18,
+)
+from pt2tf_convert.reference import reference_inputs
 from pt2tf_convert.runtimes import onnxruntime_session, run_onnxruntime
 from pt2tf_toolchain.matrix import load_matrix
 
@@ -78,11 +91,34 @@ def test_manifest_and_reference_need_no_torch(exported):
     assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= 1e-5
 
 
-def test_reference_outputs_are_not_degenerate(exported):
-    _, _, out, _ = exported
+def test_reference_answers_discriminate(exported):
+    _, _, out, manifest = exported
     logits = np.load(out / "reference.npz")["logits"]
     assert np.isfinite(logits).all()
-    assert len(set(logits.argmax(axis=1))) > 1, "every input gets the same class: parity would prove little"
+    answers = manifest["reference_answers"]
+    assert answers["distinct_top1"] == len(set(logits.argmax(axis=1))) >= MIN_DISTINCT_TOP1 == 12
+    assert answers["top1"] == logits.argmax(axis=1).tolist()
+    assert 0 < answers["min_margin"] == min(answers["margins"])
+    assert manifest["weights"] == "seeded" and manifest["weights_sha256"] is None
+    assert manifest["weights_description"] == f"{SEEDED_NOTE} (seed 0)"
+    assert manifest["classifier_calibration"]["rank"] == len(logits) - 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_is_what_makes_seeded_answers_vary(seed):
+    inputs = torch.from_numpy(reference_inputs(seed).inputs)
+    raw = seeded_resnet18(seed)
+    calibrated, weights = build_model("seeded", seed, calibration_inputs=inputs)
+    with torch.no_grad():
+        before, after = raw(inputs).numpy(), calibrated(inputs).numpy()
+    # The random classifier reads the features' common mean: a few classes for everything.
+    assert discrimination(before)["distinct_top1"] < MIN_DISTINCT_TOP1
+    assert discrimination(after)["distinct_top1"] >= MIN_DISTINCT_TOP1
+    assert after.std() == pytest.approx(CALIBRATED_LOGIT_STD, rel=1e-3)
+    # Only the classifier changed; the convolutions and BatchNorms are the seeded ones.
+    changed = [k for k, v in calibrated.state_dict().items() if not torch.equal(v, raw.state_dict()[k])]
+    assert changed == ["fc.weight", "fc.bias"]
+    assert weights.calibration["inputs"] == len(inputs)
 
 
 def test_a_fixed_batch_axis_fails_loudly(exported):
@@ -151,16 +187,66 @@ def test_a_pickled_object_is_refused(tmp_path):
         build_model(str(path))
 
 
-def test_imagenet_weights_come_only_from_the_local_cache(tmp_path, monkeypatch):
+def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch, capsys):
+    # A stand-in state dict where torchvision keeps its file: tests never use the network.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    with pytest.raises(WeightsError, match="never downloads") as info:
-        build_model("IMAGENET1K_V1")
-    assert str(expected) in str(info.value)
-    expected.parent.mkdir(parents=True)
-    torch.save(seeded_resnet18(5).state_dict(), expected)
-    _model, weights = build_model("IMAGENET1K_V1")
-    assert weights.source == "torchvision:IMAGENET1K_V1"
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    source = seeded_resnet18(5)
+    torch.save(source.state_dict(), cached)
+    model, weights = build_model("IMAGENET1K_V1", calibration_inputs=torch.zeros(2, 3, 224, 224))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x)), "a user's weights are used as they are, never calibrated"
+    assert weights.source == "torchvision:IMAGENET1K_V1" and not weights.is_seeded
+    assert weights.sha256 == export_mod.sha256(cached)
+    assert weights.describe() == f"torchvision:IMAGENET1K_V1 (sha256 {weights.sha256})"
+    # Not torchvision's file: its hash does not start with the prefix in the name, and it is said.
+    assert "does not start with f37072fd" in capsys.readouterr().err
+
+
+def _serve_directory(directory: Path):
+    """A plain HTTP server on loopback over `directory` (stands in for download.pytorch.org)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_absent_torchvision_file_is_downloaded_and_its_hash_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    served = tmp_path / "served"
+    served.mkdir()
+    staged = served / "staged.pth"
+    torch.save(seeded_resnet18(6).state_dict(), staged)
+    good = served / f"resnet18-{export_mod.sha256(staged)[:8]}.pth"  # torchvision's naming: hash prefix
+    staged.rename(good)
+    bad = served / "resnet18-00000000.pth"
+    bad.write_bytes(good.read_bytes())
+    server = _serve_directory(served)
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        path = fetch_torchvision_file("IMAGENET1K_V1", f"{base}/{good.name}")
+        assert path == tmp_path / "home" / "hub" / "checkpoints" / good.name
+        assert path.read_bytes() == good.read_bytes()
+        with pytest.raises(WeightsError, match="refused and deleted"):
+            fetch_torchvision_file("IMAGENET1K_V1", f"{base}/{bad.name}")
+        assert sorted(p.name for p in path.parent.iterdir()) == [good.name], "nothing half-written is kept"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_absent_torchvision_file_offline_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with socket.socket() as probe:  # a loopback port nobody listens on: the download cannot connect
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(WeightsError) as info:
+        fetch_torchvision_file("IMAGENET1K_V1", f"http://127.0.0.1:{port}/resnet18-f37072fd.pth")
+    message = str(info.value)
+    assert "\n" not in message and "download failed" in message
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
 
 
 def test_unknown_weights_name_is_refused():
@@ -192,3 +278,21 @@ def test_command_line_reports_a_missing_weights_file(tmp_path):
     assert result.returncode == 1
     assert "missing.pt: no such file" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_exports_with_torchvision_weights_from_the_hub_cache(tmp_path):
+    home = tmp_path / "torch-home"
+    cached = home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(seeded_resnet18(8).state_dict(), cached)  # stands in for torchvision's file
+    cmd = [sys.executable, "-m", "pt2tf_convert.export", "--lane", "x", "--exporter", "dynamo", "--opset", "18"]
+    cmd += ["--out", str(tmp_path / "out"), "--weights", "IMAGENET1K_V1"]
+    env = {**os.environ, "PYTHONPATH": str(Path(export_mod.__file__).parents[1]), "TORCH_HOME": str(home)}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert manifest["weights"] == "torchvision:IMAGENET1K_V1"
+    assert manifest["weights_sha256"] == export_mod.sha256(cached)
+    assert manifest["weights_description"] == f"torchvision:IMAGENET1K_V1 (sha256 {manifest['weights_sha256']})"
+    assert manifest["classifier_calibration"] is None
+    assert f"sha256 {manifest['weights_sha256']}" in result.stderr
