@@ -34,3 +34,10 @@ def photo_bytes(ref: dict[str, np.ndarray]) -> list[bytes]:
     """The photos' encoded files, as export stored them."""
     offsets, blob = ref["photo_offsets"], ref["photo_bytes"]
     return [blob[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)]
+
+
+def weights_description(export_manifest: dict) -> str:
+    """The export's one line on which weights the answers come from."""
+    if "weights_description" not in export_manifest:
+        raise ArtifactsError("export.json does not say which weights it holds (an older export): run the export again")
+    return export_manifest["weights_description"]

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .artifacts import ArtifactsError, load_reference, photo_bytes, sha256
+from .artifacts import ArtifactsError, load_reference, photo_bytes, sha256, weights_description
 from .backends import ConversionError, load_backend
 from .metrics import compare
 from .progress import step
@@ -30,6 +30,8 @@ from .support import check_supported
 MANIFEST_FILE = "pt2tf_manifest.json"
 # Conversion fidelity (TF vs ONNX Runtime on the same file): a converter bug, not a model change.
 CONVERSION_ATOL = 1e-4
+# What the version's manifest repeats from the export's: how the ONNX file was made, from which weights.
+EXPORT_FIELDS = ("exporter", "opset", "ir_version", "weights", "seed", "weights_sha256")
 
 
 def convert(
@@ -50,6 +52,7 @@ def convert(
         onnx_model = check_supported(onnx_path, lane, backend)
     ref = load_reference(artifacts)
     export_manifest = json.loads((artifacts / "export.json").read_text())
+    weights = weights_description(export_manifest)  # the answers will say it
     onnx_sha256 = sha256(onnx_path)
     with tempfile.TemporaryDirectory(prefix="pt2tf-convert-") as work:
         work = Path(work)
@@ -57,7 +60,7 @@ def convert(
             converted = backend.convert(onnx_model, onnx_path, work)
         with staged_version(models / model_name, version) as (staging, number):
             with step(f"wrapping behind serving_default + predict_images (version {number})"):
-                save_serving_model(converted, [str(x) for x in ref["labels"]], staging)
+                save_serving_model(converted, [str(x) for x in ref["labels"]], weights, staging)
             with step("checking the signatures against the contract"):
                 loaded = tf.saved_model.load(str(staging))
                 problems = contract_problems(loaded)
@@ -88,7 +91,10 @@ def convert(
                     # The file actually converted; differs from the export's record if it was edited since.
                     "source_onnx_sha256": onnx_sha256,
                     "source_onnx_is_the_export": onnx_sha256 == export_manifest["onnx_sha256"],
-                    "export": {k: export_manifest[k] for k in ("exporter", "opset", "ir_version", "weights", "seed")},
+                    "export": {
+                        **{k: export_manifest[k] for k in EXPORT_FIELDS},
+                        "weights_description": weights,
+                    },
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
                     "converted_in_seconds": round(time.monotonic() - started, 1),
                 }

@@ -4,7 +4,9 @@
   the PyTorch model) → output `output` float32 [batch, 1000] logits.
 - `predict_images`: input `image_bytes` string [batch] of JPEG/PNG → `probabilities`
   [batch, 1000], `classes` int32 [batch, 5], `labels` string [batch, 5], `scores` [batch, 5],
-  with torchvision's ResNet preprocessing done in the graph.
+  and `weights` string [batch]: which weights the answer comes from ("seeded weights: labels
+  are not ImageNet predictions ..." or the weights' name and sha256), so no answer is taken
+  for what it is not. torchvision's ResNet preprocessing is done in the graph.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ CONTRACT: dict[str, dict[str, dict[str, tuple[str, tuple[int | None, ...]]]]] = 
             "classes": ("int32", (None, TOP_K)),
             "labels": ("string", (None, TOP_K)),
             "scores": ("float32", (None, TOP_K)),
+            "weights": ("string", (None,)),
         },
     },
 }
@@ -96,7 +99,7 @@ def preprocess_image(encoded: tf.Tensor) -> tf.Tensor:
 class ServingModule(tf.Module):
     """Wraps a converted SavedModel behind the project's two signatures."""
 
-    def __init__(self, converted: ConvertedModel, labels: list[str]):
+    def __init__(self, converted: ConvertedModel, labels: list[str], weights: str):
         super().__init__()
         if converted.layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be NCHW or NHWC, not {converted.layout!r}")
@@ -104,6 +107,7 @@ class ServingModule(tf.Module):
         self._call = converted.call  # not tracked: only the traced graph is saved
         self._layout = converted.layout
         self.labels = tf.constant(labels, dtype=tf.string)
+        self.weights = tf.constant(weights, dtype=tf.string)
 
     def logits(self, images_nchw: tf.Tensor) -> tf.Tensor:
         if self._layout == "NHWC":
@@ -126,12 +130,13 @@ class ServingModule(tf.Module):
             "classes": classes,
             "labels": tf.gather(self.labels, classes),
             "scores": scores,
+            "weights": tf.fill(tf.shape(image_bytes), self.weights),
         }
 
 
-def save_serving_model(converted: ConvertedModel, labels: list[str], path: Path) -> None:
-    """Write the wrapped SavedModel with exactly the contract's signatures."""
-    module = ServingModule(converted, labels)
+def save_serving_model(converted: ConvertedModel, labels: list[str], weights: str, path: Path) -> None:
+    """Write the wrapped SavedModel with exactly the contract's signatures; `weights` says whose answers."""
+    module = ServingModule(converted, labels, weights)
     signatures = {
         SERVING_DEFAULT: module.serve.get_concrete_function(),
         PREDICT_IMAGES: module.predict_images.get_concrete_function(),

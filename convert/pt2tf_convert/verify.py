@@ -23,7 +23,7 @@ import numpy as np
 
 from .artifacts import load_reference, photo_bytes
 from .convert import MANIFEST_FILE
-from .metrics import compare
+from .metrics import MIN_DISTINCT_TOP1, compare, discrimination
 from .progress import step
 from .repository import versions
 from .runtimes import onnxruntime_session, run_onnxruntime, run_serving
@@ -44,6 +44,9 @@ class Thresholds:
     preprocess_mean_abs: float = 0.005
     preprocess_max_abs: float = 2 / 255 / min(0.229, 0.224, 0.225)
     preprocess_min_top1: float = 1.0
+    # Seeded weights must answer the reference inputs with this many distinct top-1 classes,
+    # or agreement on them proves little; with a user's weights a smaller count is a warning.
+    min_distinct_top1: int = MIN_DISTINCT_TOP1
 
 
 def resolve_version(model_dir: Path, version: int | None) -> Path:
@@ -56,8 +59,10 @@ def resolve_version(model_dir: Path, version: int | None) -> Path:
     return model_dir / str(number)
 
 
-def run_parity(onnx_path: Path, loaded: Any, ref: dict[str, np.ndarray]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics per batch size and pair, and the largest batch size's absolute errors (for the plot)."""
+def run_parity(
+    onnx_path: Path, loaded: Any, ref: dict[str, np.ndarray]
+) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Metrics per batch size and pair; the largest batch size's outputs and absolute errors (for the plot)."""
     session = onnxruntime_session(onnx_path)
     results = {}
     for batch_size in BATCH_SIZES:
@@ -71,7 +76,7 @@ def run_parity(onnx_path: Path, loaded: Any, ref: dict[str, np.ndarray]) -> tupl
         "SavedModel vs PyTorch": np.abs(outputs["savedmodel"] - outputs["pytorch"]),
         "ONNX Runtime vs PyTorch": np.abs(outputs["onnxruntime"] - outputs["pytorch"]),
     }
-    return results, errors
+    return results, outputs, errors
 
 
 def run_preprocessing(loaded: Any, ref: dict[str, np.ndarray]) -> dict:
@@ -106,6 +111,37 @@ def run_preprocessing(loaded: Any, ref: dict[str, np.ndarray]) -> dict:
         "probabilities": probs,
         "per_photo": per_photo,
     }
+
+
+def reference_answers(ref: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict:
+    """Each reference input's top-1 class and margin (PyTorch) beside the SavedModel's top-1."""
+    found = discrimination(ref["logits"])
+    labels = ref["labels"]
+    saved = outputs["savedmodel"].argmax(axis=1)
+    found["per_input"] = [
+        {
+            "input": str(name),
+            "kind": str(kind),
+            "class": top1,
+            "label": str(labels[top1]),
+            "margin": margin,
+            "savedmodel_class": int(got),
+        }
+        for name, kind, top1, margin, got in zip(
+            ref["names"], ref["kinds"], found["top1"], found["margins"], saved, strict=True
+        )
+    ]
+    return found
+
+
+def weights_record(export: dict) -> dict:
+    """Which weights the version was made from, as the conversion's manifest says."""
+    seeded = export["weights"] == "seeded"
+    description = export.get("weights_description") or (
+        "seeded weights: labels are not ImageNet predictions" if seeded else f"{export['weights']} (hash not recorded)"
+    )
+    return {"source": export["weights"], "sha256": export.get("weights_sha256"), "seeded": seeded,
+            "description": description}  # fmt: skip
 
 
 def check_warmup(saved_model: Path) -> dict:
@@ -144,10 +180,30 @@ def failures(report: dict, limits: Thresholds) -> list[str]:
             f"predict_images preprocessing: top-1 agreement with torchvision "
             f"{pre['probabilities']['top1_agreement']:.0%} < {limits.preprocess_min_top1:.0%}"
         )
+    answers = report["answers"]
+    if report["weights"]["seeded"] and answers["distinct_top1"] < limits.min_distinct_top1:
+        found.append(
+            undiscriminating(answers, limits) + "; export again to calibrate the seeded classifier (nox -s export)"
+        )
     found += [f"signature contract: {problem}" for problem in report["contract_problems"]]
     if set(report["warmup"]["signatures"]) != {"predict_images", "serving_default"}:
         found.append(f"warmup file covers {report['warmup']['signatures']}, not both signatures")
     return found
+
+
+def undiscriminating(answers: dict, limits: Thresholds) -> str:
+    return (
+        f"the reference answers cannot discriminate: {answers['distinct_top1']} distinct top-1 classes among "
+        f"{answers['inputs']} inputs (< {limits.min_distinct_top1}), so agreement on them proves little"
+    )
+
+
+def warnings_for(report: dict, limits: Thresholds) -> list[str]:
+    """What the report shows that is not a failure but should be read."""
+    answers = report["answers"]
+    if not report["weights"]["seeded"] and answers["distinct_top1"] < limits.min_distinct_top1:
+        return [undiscriminating(answers, limits) + " (a user's weights may map random tensors to few classes)"]
+    return []
 
 
 def _plot(path: Path, errors: dict[str, np.ndarray], title: str, threshold: float) -> None:
@@ -181,6 +237,8 @@ def _markdown(report: dict, failed: list[str]) -> str:
         f" (max abs ≤ {report['thresholds']['max_abs']:.0e}, relative ≤ {report['thresholds']['max_rel']:.0e},"
         f" top-1 ≥ {report['thresholds']['min_top1']:.0%})",
         "",
+        f"Weights: {report['weights']['description']}.",
+        "",
         "| batch | pair | max abs | mean abs | max rel | min cosine | top-1 | top-5 set |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -191,6 +249,24 @@ def _markdown(report: dict, failed: list[str]) -> str:
                 f"{m['max_rel']:.2e} | {m['min_cosine']:.8f} | {m['top1_agreement']:.0%} | "
                 f"{m['top5_set_agreement']:.0%} |"
             )
+    answers = report["answers"]
+    lines += [
+        "",
+        "## Reference answers (what agreement was measured on)",
+        "",
+        f"{answers['distinct_top1']} distinct top-1 classes among {answers['inputs']} inputs "
+        f"(seeded weights must give ≥ {report['thresholds']['min_distinct_top1']}); smallest top-1 margin "
+        f"{answers['min_margin']:.4f} (top-1 minus top-2 logit). Margin is what a numeric difference must "
+        "exceed to change an answer.",
+        "",
+        "| input | kind | PyTorch top-1 | margin | SavedModel top-1 |",
+        "|---|---|---|---|---|",
+    ]
+    for row in answers["per_input"]:
+        same = "same" if row["savedmodel_class"] == row["class"] else f"**{row['savedmodel_class']}**"
+        lines.append(
+            f"| {row['input']} | {row['kind']} | {row['class']} {row['label']} | {row['margin']:.4f} | {same} |"
+        )
     pre = report["preprocessing"]
     lines += [
         "",
@@ -213,6 +289,8 @@ def _markdown(report: dict, failed: list[str]) -> str:
     lines += ["", "## Signatures", ""]
     lines += [f"- ✗ {p}" for p in report["contract_problems"]] or ["Exactly the contract (see saved_model_cli.txt)."]
     lines += ["", f"Warmup: {report['warmup']['records']} records for {', '.join(report['warmup']['signatures'])}."]
+    if report["warnings"]:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     if failed:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failed]
     lines += ["", "![error histogram](parity_errors.png)", ""]
@@ -221,8 +299,8 @@ def _markdown(report: dict, failed: list[str]) -> str:
 
 def verify(
     lane: str, artifacts: Path, models: Path, model_name: str, reports: Path, version: int | None, limits: Thresholds
-) -> list[str]:
-    """Run every check, write reports/<lane>/parity.{json,md} + plot; return the failures."""
+) -> dict:
+    """Run every check, write reports/<lane>/parity.{json,md} + plot; return the report (its `failures`)."""
     import tensorflow as tf
 
     from .signatures import contract_problems
@@ -233,7 +311,7 @@ def verify(
     loaded = tf.saved_model.load(str(saved_model))
     reports.mkdir(parents=True, exist_ok=True)
     with step(f"PyTorch vs ONNX Runtime vs SavedModel at batch sizes {BATCH_SIZES}"):
-        parity, errors = run_parity(artifacts / "model.onnx", loaded, ref)
+        parity, outputs, errors = run_parity(artifacts / "model.onnx", loaded, ref)
     with step("predict_images preprocessing vs torchvision"):
         preprocessing = run_preprocessing(loaded, ref)
     with step("signatures and warmup records"):
@@ -253,6 +331,8 @@ def verify(
         "saved_model": str(saved_model),
         "versions": manifest["versions"],
         "export": manifest["export"],
+        "weights": weights_record(manifest["export"]),
+        "answers": reference_answers(ref, outputs),
         "thresholds": asdict(limits),
         "parity": {str(k): v for k, v in parity.items()},
         "preprocessing": preprocessing,
@@ -260,6 +340,7 @@ def verify(
         "warmup": warmup,
     }
     failed = failures(report, limits)
+    report["warnings"] = warnings_for(report, limits)
     report["failures"] = failed
     report["passed"] = not failed
     (reports / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -270,7 +351,7 @@ def verify(
         limits.max_abs,
     )
     (reports / "parity.md").write_text(_markdown(report, failed))
-    return failed
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preprocess-mean-abs", type=float, default=defaults.preprocess_mean_abs)
     parser.add_argument("--preprocess-max-abs", type=float, default=defaults.preprocess_max_abs)
     parser.add_argument("--preprocess-min-top1", type=float, default=defaults.preprocess_min_top1)
+    parser.add_argument("--min-distinct-top1", type=int, default=defaults.min_distinct_top1)
     args = parser.parse_args(argv)
     limits = Thresholds(
         args.max_abs,
@@ -298,9 +380,14 @@ def main(argv: list[str] | None = None) -> int:
         args.preprocess_mean_abs,
         args.preprocess_max_abs,
         args.preprocess_min_top1,
+        args.min_distinct_top1,
     )
-    failed = verify(args.lane, args.artifacts, args.models, args.model_name, args.reports, args.version, limits)
+    report = verify(args.lane, args.artifacts, args.models, args.model_name, args.reports, args.version, limits)
+    failed = report["failures"]
     print(f"report: {args.reports / 'parity.md'}", file=sys.stderr)
+    print(f"weights: {report['weights']['description']}", file=sys.stderr)
+    for line in report["warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     if failed:
         print(f"verify FAILED for lane '{args.lane}':", file=sys.stderr)
         for line in failed:

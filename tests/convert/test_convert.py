@@ -75,18 +75,75 @@ def test_predict_images_returns_labels_and_top5(published, artifacts):
     for row_classes, row_labels in zip(out["classes"].numpy(), out["labels"].numpy(), strict=True):
         assert [labels[c] for c in row_classes] == [x.decode() for x in row_labels]
     assert np.all(np.diff(out["scores"].numpy(), axis=1) <= 0)
+    # Every answer says which weights it comes from: seeded labels are not ImageNet predictions.
+    description = json.loads((artifacts / "export.json").read_text())["weights_description"]
+    assert description.startswith("seeded weights: labels are not ImageNet predictions")
+    assert [w.decode() for w in out["weights"].numpy()] == [description] * 3
 
 
 def test_verify_passes_and_writes_the_report(published, lane, artifacts, tmp_path):
     models, _ = published
-    failed = verify(lane.name, artifacts, models, "resnet18", tmp_path, None, Thresholds())
-    assert failed == []
+    result = verify(lane.name, artifacts, models, "resnet18", tmp_path, None, Thresholds())
+    assert result["failures"] == [] and result["warnings"] == []
     report = json.loads((tmp_path / "parity.json").read_text())
+    assert report == json.loads(json.dumps(result))
     assert set(report["parity"]) == {"1", "3", "8"}
+    answers = report["answers"]
+    assert answers["distinct_top1"] >= 12 and answers["min_margin"] > 0
+    assert [row["savedmodel_class"] for row in answers["per_input"]] == answers["top1"]
+    assert report["weights"]["seeded"] and report["weights"]["sha256"] is None
     assert report["parity"]["1"]["pytorch_vs_savedmodel"]["max_abs"] <= 1e-4
     assert report["passed"] and (tmp_path / "parity_errors.png").stat().st_size > 10_000
     assert "predict_images" in (tmp_path / "saved_model_cli.txt").read_text()
-    assert "Verdict: **PASS**" in (tmp_path / "parity.md").read_text()
+    markdown = (tmp_path / "parity.md").read_text()
+    assert "Verdict: **PASS**" in markdown
+    assert "Weights: seeded weights: labels are not ImageNet predictions" in markdown
+    assert f"{answers['distinct_top1']} distinct top-1 classes among 16 inputs" in markdown
+    assert f"| chelsea | photo | {answers['top1'][9]} " in markdown
+
+
+def _collapsed(artifacts: Path, out: Path) -> Path:
+    """A copy of the export whose 8 random tensors are one tensor 8 times: a reference whose
+    answers collapse to a few classes, yet whose logits are PyTorch's own (parity still holds)."""
+    shutil.copytree(artifacts, out)
+    with np.load(out / "reference.npz") as archive:
+        ref = {key: archive[key] for key in archive.files}
+    random = ref["kinds"] == "random"
+    ref["inputs"][random] = ref["inputs"][random][0]
+    ref["logits"][random] = ref["logits"][random][0]
+    np.savez_compressed(out / "reference.npz", **ref)
+    return out
+
+
+def test_verify_fails_on_seeded_answers_that_collapse(published, lane, artifacts, tmp_path):
+    models, _ = published
+    collapsed = _collapsed(artifacts, tmp_path / "artifacts")
+    result = verify(lane.name, collapsed, models, "resnet18", tmp_path / "reports", None, Thresholds())
+    distinct = result["answers"]["distinct_top1"]
+    assert distinct <= 9
+    assert result["failures"] == [
+        f"the reference answers cannot discriminate: {distinct} distinct top-1 classes among 16 inputs (< 12), "
+        "so agreement on them proves little; export again to calibrate the seeded classifier (nox -s export)"
+    ], "only the discrimination check fails: every parity check still passes"
+    assert "Verdict: **FAIL**" in (tmp_path / "reports" / "parity.md").read_text()
+
+
+def test_collapsed_answers_from_a_users_weights_only_warn(published, lane, artifacts, tmp_path):
+    collapsed = _collapsed(artifacts, tmp_path / "artifacts")
+    models = tmp_path / "models"
+    shutil.copytree(published[0], models)
+    # The version's manifest is what says which weights it holds: here, a user's file.
+    manifest_path = models / "resnet18" / "1" / "assets.extra" / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["export"].update(weights="/data/finetuned.pt", weights_sha256="ab" * 32)
+    manifest["export"]["weights_description"] = f"/data/finetuned.pt (sha256 {'ab' * 32})"
+    manifest_path.write_text(json.dumps(manifest))
+    result = verify(lane.name, collapsed, models, "resnet18", tmp_path / "reports", None, Thresholds())
+    assert result["failures"] == [] and len(result["warnings"]) == 1
+    assert "cannot discriminate" in result["warnings"][0] and "user's weights" in result["warnings"][0]
+    markdown = (tmp_path / "reports" / "parity.md").read_text()
+    assert "Verdict: **PASS**" in markdown and "## Warnings" in markdown
+    assert f"Weights: /data/finetuned.pt (sha256 {'ab' * 32})." in markdown
 
 
 def test_a_weight_perturbed_after_export_fails_verify(lane, artifacts, tmp_path):
@@ -103,7 +160,7 @@ def test_a_weight_perturbed_after_export_fails_verify(lane, artifacts, tmp_path)
     version_dir = convert(lane.name, lane.converter, broken, models, "resnet18")  # TF still matches ONNX Runtime
     manifest = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())
     assert manifest["source_onnx_is_the_export"] is False
-    failed = verify(lane.name, broken, models, "resnet18", tmp_path / "reports", None, Thresholds())
+    failed = verify(lane.name, broken, models, "resnet18", tmp_path / "reports", None, Thresholds())["failures"]
     assert any(line.startswith("batch 1, pytorch vs savedmodel: max abs error") for line in failed), failed
     assert any("pytorch vs onnxruntime" in line for line in failed)
     assert not any("onnxruntime vs savedmodel" in line for line in failed)
