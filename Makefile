@@ -13,11 +13,15 @@ LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix i
 SERVING_IMAGE = $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().lane('$(LANE)').serving_image)")
 # auto: the real image in Docker when an engine answers and the lane's image is present, else the embedded server
 SERVER ?= auto
+# seeded (default: offline, labels are not ImageNet predictions), IMAGENET1K_V1 (torchvision's file from the
+# torch hub cache, downloaded and sha256-checked when absent and online), or a state_dict file
+WEIGHTS ?= seeded
 # default: 5 concurrency steps per protocol, batching off and on (~10 min); full: the long sweep; smoke: seconds
 LOADTEST_PROFILE ?= default
 
 help:
 	@echo "make all        export → convert → verify → serve check → loadtest + SLO verdict, default lane"
+	@echo "                WEIGHTS=IMAGENET1K_V1 (torch hub cache) or WEIGHTS=path/state_dict.pt; default seeded"
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
 	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert and serve test suites"
@@ -34,8 +38,8 @@ tools:
 	@$(TOOLCHAIN) env tools >/dev/null
 
 all: tools
-	@echo "==> export: ResNet18 → ONNX + PyTorch reference (default lane)"
-	@$(NOX) -s export
+	@echo "==> export: ResNet18 → ONNX + PyTorch reference (default lane, WEIGHTS=$(WEIGHTS))"
+	@$(NOX) -s export -- --weights "$(WEIGHTS)"
 	@echo "==> convert: ONNX → TF Serving model version (default lane)"
 	@$(NOX) -s convert
 	@echo "==> verify: PyTorch vs ONNX Runtime vs SavedModel (default lane)"

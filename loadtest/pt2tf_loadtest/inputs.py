@@ -32,7 +32,7 @@ class Payload:
 class Inputs:
     tensors: list[Payload]  # serving_default: each photo preprocessed, float32 [1, 3, 224, 224]
     images: list[Payload]  # predict_images: JPEG bytes [1]
-    weights: str  # "seeded" or the weights' name, from export.json
+    weights: str  # which weights answer: export.json's description (name and sha256, or "seeded weights: ...")
 
 
 def load_inputs(artifacts: Path) -> Inputs:
@@ -61,7 +61,9 @@ def load_inputs(artifacts: Path) -> Inputs:
             body = orjson.dumps({"signature_name": PREDICT_IMAGES, "instances": [{"b64": b64}]})
             images.append(Payload(name, expected, body, np.array([photo], dtype=object)))
     export = Path(artifacts) / "export.json"
-    weights = orjson.loads(export.read_bytes()).get("weights", "unknown") if export.is_file() else "unknown"
+    manifest = orjson.loads(export.read_bytes()) if export.is_file() else {}
+    # The export's one line on which weights the answers come from (seeded ones are not ImageNet predictions).
+    weights = manifest.get("weights_description") or manifest.get("weights", "unknown (no export.json)")
     if not images:
         raise ValueError(f"{path} holds no JPEG photo to send as predict_images requests")
     return Inputs(tensors, images, str(weights))

@@ -8,14 +8,13 @@ over REST and gRPC with pt2tf-client's library, and compares each top-5 with in-
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .client import GrpcClient, RestClient, top5
+from .client import GrpcClient, RestClient, top5, weights_stated
 from .process import ServerProcess, config_copy, embedded_flags
 
 MODEL = "resnet18"
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = tf.saved_model.load(str(args.models / MODEL / str(max(found))))
     local = {k: v.numpy() for k, v in loaded.signatures["predict_images"](image_bytes=tf.constant(photos)).items()}
     want = top5(local)
+    stated = weights_stated(local)[0]
 
     config = config_copy(Path(tempfile.mkdtemp(prefix="pt2tf-check-")) / "config")
     problems = []
@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                     outputs = client.predict(MODEL, {"image_bytes": [photo]}, signature="predict_images")
                     times.append((time.monotonic() - started) * 1000)
                     rows.append(top5(outputs)[0])
+                    if weights_stated(outputs) != [stated]:
+                        problems.append(f"{name}: the answer says weights {weights_stated(outputs)}, not {stated!r}")
                 for via, row in zip(("REST", "gRPC"), rows, strict=True):
                     if [c for c, _, _ in row] != [c for c, _, _ in want[index]]:
                         problems.append(f"{name}: {via} top-5 {row} differs from in-process {want[index]}")
@@ -64,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     for problem in problems:
         print(f"MISMATCH {problem}")
     print("served answers match in-process TensorFlow" if not problems else f"{len(problems)} mismatches")
-    weights = json.loads((args.artifacts / "export.json").read_text()).get("weights", "unknown")
-    if weights == "seeded":
-        print("seeded weights: labels are not ImageNet predictions (nox -s export -- --weights ... for real ones)")
-    else:
-        print(f"weights: {weights}")
+    print(f"weights: {stated}")
+    if stated.startswith("seeded"):
+        print("  (nox -s export -- --weights IMAGENET1K_V1 or --weights FILE for real ones)")
     return 1 if problems else 0
 
 

@@ -431,6 +431,13 @@ def top5(outputs: dict[str, np.ndarray], labels: Sequence[str] | None = None) ->
     ]
 
 
+def weights_stated(outputs: dict[str, np.ndarray]) -> list[str] | None:
+    """predict_images' `weights` output, per instance: which weights the answer comes from."""
+    if "weights" not in outputs:
+        return None
+    return [w.decode(errors="replace") if isinstance(w, bytes) else str(w) for w in np.ravel(outputs["weights"])]
+
+
 # The CLI.
 
 
@@ -542,6 +549,7 @@ def _classify(client: RestClient | GrpcClient, args: argparse.Namespace) -> None
             rows = top5(outputs, labels)
         except ValueError as exc:
             raise InputError(f"cannot read {signature}'s answer for {path}: {exc}") from exc
+        stated = weights_stated(outputs)
         for index, best in enumerate(rows):
             results.append(
                 {
@@ -554,6 +562,7 @@ def _classify(client: RestClient | GrpcClient, args: argparse.Namespace) -> None
                         {"rank": rank, "class": c, "label": name, "score": score}
                         for rank, (c, name, score) in enumerate(best, 1)
                     ],
+                    "weights": stated[index] if stated else None,
                 }
             )
     if args.json:
@@ -566,6 +575,7 @@ def _classify(client: RestClient | GrpcClient, args: argparse.Namespace) -> None
         print(f"  {'rank':>4}  {'class':>5}  {'score':>8}  label")
         for row in result["top5"]:
             print(f"  {row['rank']:>4}  {row['class']:>5}  {row['score']:>8.4f}  {row['label']}")
+        print(f"  weights: {result['weights'] or 'not stated (only predict_images answers say which weights)'}")
 
 
 def _status(client: RestClient | GrpcClient, args: argparse.Namespace) -> None:

@@ -117,6 +117,8 @@ def test_sweep_with_batching_off_and_on_passes_a_met_gate_and_writes_the_report(
         assert (out / name).stat().st_size > 0
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "VERDICT" in html
+    # The report says whose answers were served: seeded labels are not ImageNet predictions.
+    assert "seeded weights: labels are not ImageNet predictions (seed 0)" in (out / "summary.md").read_text()
 
 
 def test_a_missed_objective_fails_the_gate_naming_it_and_its_value(artifacts, models, serve_python, tmp_path, capsys):

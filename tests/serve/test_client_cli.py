@@ -329,6 +329,11 @@ def test_served_classify_agrees_over_rest_and_grpc(served, tmp_path, capsys):
             assert result["ms"] > 0
         tensor_top1 = [result["top5"][0]["class"] for result in answer[1:]]
         assert tensor_top1 == [int(np.argmax(reference["logits"][row])) for row in rows]
+        # predict_images answers say which weights they come from; serving_default's logits cannot.
+        assert answer[0]["weights"].startswith("seeded weights: labels are not ImageNet predictions")
+        assert [result["weights"] for result in answer[1:]] == [None, None]
+    assert main([*served_flags(served, "grpc"), "classify", str(image)]) == 0
+    assert "  weights: seeded weights: labels are not ImageNet predictions (seed 0)" in capsys.readouterr().out
     for rest, grpc in zip(answers["rest"], answers["grpc"], strict=True):
         assert [row["class"] for row in rest["top5"]] == [row["class"] for row in grpc["top5"]]
         np.testing.assert_allclose(
@@ -354,13 +359,15 @@ def test_served_predict_gives_the_same_arrays_over_rest_and_grpc(served):
     assert rest_logits["output"].shape == (3, 1000)
     np.testing.assert_allclose(rest_logits["output"], grpc_logits["output"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(rest_logits["output"], reference["logits"][:3], atol=1e-4)
-    assert set(rest_images) == set(grpc_images) == {"probabilities", "classes", "labels", "scores"}
-    for name in ("probabilities", "classes", "labels", "scores"):
+    assert set(rest_images) == set(grpc_images) == {"probabilities", "classes", "labels", "scores", "weights"}
+    for name in ("probabilities", "classes", "labels", "scores", "weights"):
         assert rest_images[name].dtype == grpc_images[name].dtype, name
         assert rest_images[name].shape == grpc_images[name].shape, name
     assert rest_images["classes"].dtype == np.int32 and rest_images["labels"].shape == (2, 5)
     np.testing.assert_array_equal(rest_images["classes"], grpc_images["classes"])
     np.testing.assert_array_equal(rest_images["labels"], grpc_images["labels"])
+    np.testing.assert_array_equal(rest_images["weights"], grpc_images["weights"])
+    assert rest_images["weights"].shape == (2,)
     np.testing.assert_allclose(rest_images["scores"], grpc_images["scores"], rtol=1e-5, atol=1e-6)
 
 
@@ -389,6 +396,7 @@ def test_served_metadata_lists_both_signatures(served, protocol, capsys):
         "classes": ("DT_INT32", [-1, 5]),
         "labels": ("DT_STRING", [-1, 5]),
         "scores": ("DT_FLOAT", [-1, 5]),
+        "weights": ("DT_STRING", [-1]),
     }
     assert main([*served_flags(served, protocol), "metadata"]) == 0
     printed = capsys.readouterr().out

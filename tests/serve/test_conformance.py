@@ -151,6 +151,7 @@ def test_rest_metadata_renders_the_signature_def_map(rest):
         "classes": "DT_INT32",
         "labels": "DT_STRING",
         "scores": "DT_FLOAT",
+        "weights": "DT_STRING",
     }
     _, by_label = get(rest, f"/v1/models/{MODEL}/labels/stable/metadata")
     assert by_label["model_spec"]["version"] == "1"
@@ -184,9 +185,10 @@ def test_rest_images_as_b64_match_in_process(rest, expected):
     assert status == 200
     rows = answer["predictions"]
     assert len(rows) == len(expected.photos)
-    assert set(rows[0]) == {"probabilities", "classes", "labels", "scores"}
+    assert set(rows[0]) == {"probabilities", "classes", "labels", "scores", "weights"}
     want = expected.photo_outputs
     assert [r["classes"] for r in rows] == want["classes"].tolist()
+    assert [r["weights"] for r in rows] == [w.decode() for w in want["weights"]]  # a plain JSON string
     assert [r["labels"] for r in rows] == [[x.decode() for x in row] for row in want["labels"]]
     np.testing.assert_allclose(np.array([r["scores"] for r in rows], np.float32), want["scores"], atol=ATOL)
 
@@ -196,7 +198,7 @@ def test_rest_images_columnar_gives_an_object_of_outputs(rest, expected):
     status, answer = post(rest, f"/v1/models/{MODEL}:predict", body)
     assert status == 200
     outputs = answer["outputs"]
-    assert set(outputs) == {"probabilities", "classes", "labels", "scores"}
+    assert set(outputs) == {"probabilities", "classes", "labels", "scores", "weights"}
     assert outputs["classes"] == expected.photo_outputs["classes"][:1].tolist()
 
 
