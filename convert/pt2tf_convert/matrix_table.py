@@ -16,6 +16,14 @@ ROWS = [
     ("converter", lambda r: next(f"{k} {v}" for k, v in r["versions"].items() if k in ("onnx-tf", "onnx2tf"))),
     ("export", lambda r: f"{r['export']['exporter']}, opset {r['export']['opset']}, IR {r['export']['ir_version']}"),
     ("model version", lambda r: str(r["version"])),
+    ("weights", lambda r: r.get("weights", {}).get("description", r["export"]["weights"])),
+    (
+        "reference answers",
+        lambda r: f"{r['answers']['distinct_top1']} distinct top-1 of {r['answers']['inputs']}, "
+        f"min margin {r['answers']['min_margin']:.4f}"
+        if "answers" in r
+        else "not recorded (verify again)",
+    ),
 ]
 PAIRS = ["pytorch_vs_onnxruntime", "pytorch_vs_savedmodel", "onnxruntime_vs_savedmodel"]
 
