@@ -19,10 +19,12 @@ ROWS = [
     ("weights", lambda r: r.get("weights", {}).get("description", r["export"]["weights"])),
     (
         "reference answers",
-        lambda r: f"{r['answers']['distinct_top1']} distinct top-1 of {r['answers']['inputs']}, "
-        f"min margin {r['answers']['min_margin']:.4f}"
-        if "answers" in r
-        else "not recorded (verify again)",
+        lambda r: (
+            f"{r['answers']['distinct_top1']} distinct top-1 of {r['answers']['inputs']}, "
+            f"min margin {r['answers']['min_margin']:.4f}"
+            if "answers" in r
+            else "not recorded (verify again)"
+        ),
     ),
 ]
 PAIRS = ["pytorch_vs_onnxruntime", "pytorch_vs_savedmodel", "onnxruntime_vs_savedmodel"]
