@@ -1,4 +1,4 @@
-"""Command line for the Makefile and nox: `python -m pt2tf_toolchain {lock,check,env,path,prune}`."""
+"""Command line for make, nox and the Dockerfiles: `python -m pt2tf_toolchain {lock,check,env,install,path,prune}`."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="fail when toolchain.lock is stale against toolchain.toml")
     env = sub.add_parser("env", help="build an env from the lock (cached) and print its path")
     env.add_argument("name")
+    install = sub.add_parser("install", help="install an env from the lock into a new directory (container images)")
+    install.add_argument("name")
+    install.add_argument("dir", type=Path)
     path = sub.add_parser("path", help="print where an env lives, without building it")
     path.add_argument("name")
     sub.add_parser("prune", help="remove cached envs the current lock no longer uses")
@@ -49,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         if args.command == "env":
             print(envs.ensure_env(lock, args.name))
+        elif args.command == "install":
+            if args.dir.exists() and any(args.dir.iterdir()):
+                raise LockError(f"{args.dir} exists and is not empty: give a new directory for env '{args.name}'")
+            envs.install_env(lock.env(args.name), args.dir)
+            print(args.dir)
         elif args.command == "path":
             print(envs.env_path(lock.env(args.name)))
         elif args.command == "prune":
