@@ -1,4 +1,4 @@
-"""Command line for make, nox and the Dockerfiles: `python -m pt2tf_toolchain {lock,check,env,install,path,prune}`."""
+"""Command line for make, nox and the Dockerfiles: `python -m pt2tf_toolchain COMMAND` (see --help)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from . import envs
 from .lock import Lock, LockError, load_lock, resolve_env, staleness, write_lock
 from .matrix import MatrixError, load_matrix
 
+LANE_FIELDS = ("exporter", "opset", "converter", "serving_image")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pt2tf_toolchain", description=__doc__)
@@ -22,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     install = sub.add_parser("install", help="install an env from the lock into a new directory (container images)")
     install.add_argument("name")
     install.add_argument("dir", type=Path)
+    lane = sub.add_parser("lane", help="print one field of a lane (the container pipeline reads them)")
+    lane.add_argument("name")
+    lane.add_argument("field", choices=LANE_FIELDS)
     path = sub.add_parser("path", help="print where an env lives, without building it")
     path.add_argument("name")
     sub.add_parser("prune", help="remove cached envs the current lock no longer uses")
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"[pt2tf] wrote toolchain.lock: {sum(len(e.packages) for e in locked.values())} packages",
                 file=sys.stderr,
             )
+            return 0
+        if args.command == "lane":
+            print(getattr(matrix.lane(args.name), args.field))
             return 0
         lock = load_lock()
         if args.command == "check":
