@@ -85,6 +85,7 @@ TEST_SUITES = (
     {"toolchain": "tools", "export": "export"}
     | {f"{kind}-{lane.name}": lane.env_for(kind) for lane in MATRIX.lanes.values() for kind in LANE_SUITES}
     | {"loadtest": MATRIX.lane(None).env_for("loadtest")}
+    | {"checks": "checks"}  # the deployment files: workflow, Dockerfile, compose, Kubernetes (tests/checks)
 )
 
 
