@@ -8,7 +8,7 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench loadtest lock tools clean clean-envs help
+.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench loadtest conformance checks lock tools clean clean-envs help
 LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().default_lane)")
 SERVING_IMAGE = $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().lane('$(LANE)').serving_image)")
 # auto: the real image in Docker when an engine answers and the lane's image is present, else the embedded server
@@ -28,6 +28,8 @@ help:
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
 	@echo "make loadtest   Locust sweep, SLO gate, reports/loadtest/; ARGS='--rest URL --grpc HOST:PORT' for another server"
+	@echo "make conformance LANE=x  the conformance suite; PT2TF_CONFORMANCE_REST/_GRPC/_MODELS for a running TF Serving"
+	@echo "make checks     the workflow, Dockerfile, compose file and Kubernetes manifests through their linters and schemas"
 	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
 	@echo "make lock       regenerate toolchain.lock from toolchain.toml"
 	@echo "make clean      remove artifacts/, models/, reports/"
@@ -63,6 +65,10 @@ lane: tools
 	@echo "==> lane $(LANE): export, convert, verify; then its convert and serve test suites"
 	@$(NOX) -s export-$(LANE) convert-$(LANE) verify-$(LANE) "tests(convert-$(LANE))" "tests(serve-$(LANE))"
 
+checks: tools
+	@echo "==> the deployment files: zizmor, check-jsonschema, hadolint, kubernetes-validate, lane consistency"
+	@$(NOX) -s "tests(checks)"
+
 lint-and-export-tests: tools
 	@echo "==> lint, then the toolchain and export suites"
 	@$(NOX) -s lint "tests(toolchain)" "tests(export)"
@@ -86,7 +92,11 @@ serve: tools
 
 loadtest: tools
 	@echo "==> loadtest against the embedded server (or: make loadtest ARGS='--rest URL --grpc HOST:PORT')"
-	@$(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) $(ARGS)
+	@PT2TF_LANE=$(LANE) $(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) $(ARGS)
+
+conformance: tools
+	@echo "==> conformance suite, lane $(LANE), against $${PT2TF_CONFORMANCE_REST:-the embedded server}"
+	@$(NOX) -s conformance-$(LANE) -- $(ARGS)
 
 serve-bench: tools
 	@echo "==> serve-bench: in-process vs served, batching on vs off, REST vs gRPC (default lane)"

@@ -85,6 +85,7 @@ TEST_SUITES = (
     {"toolchain": "tools", "export": "export"}
     | {f"{kind}-{lane.name}": lane.env_for(kind) for lane in MATRIX.lanes.values() for kind in LANE_SUITES}
     | {"loadtest": MATRIX.lane(None).env_for("loadtest")}
+    | {"checks": "checks"}  # the deployment files: workflow, Dockerfile, compose, Kubernetes (tests/checks)
 )
 
 
@@ -182,13 +183,24 @@ def _serve(session: nox.Session, lane: Lane) -> None:
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *flags)
 
 
+def _conformance(session: nox.Session, lane: Lane) -> None:
+    """The conformance suite on this lane's export: against PT2TF_CONFORMANCE_REST/_GRPC when set, else embedded."""
+    artifacts = ARTIFACTS / lane.name
+    if not (artifacts / "model.onnx").is_file():
+        session.error(f"lane {lane.name} has no export in {artifacts}: run nox -s export-{lane.name}")
+    session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
+    run_in(session, lane.env_for("serve"), "-m", "pytest", "tests/serve/test_conformance.py", *session.posargs)
+
+
 STAGES = {
     "export": (_export, "Export ResNet18 to ONNX + PyTorch reference"),
     "convert": (_convert, "Convert the ONNX export to a TF Serving model version"),
     "verify": (_verify, "Verify the SavedModel against PyTorch and ONNX Runtime"),
     "serve": (_serve, "Serve the model repository with the embedded TF-Serving-compatible server"),
+    "conformance": (_conformance, "Run the conformance suite against a running TF Serving (the real image in CI)"),
 }
-# Stages that finish by themselves; `serve` runs until stopped, so it is not part of `nox -t matrix`.
+# Stages that finish by themselves; `serve` runs until stopped, so it is not part of `nox -t matrix`
+# (nor is `conformance`, which checks a server CI started).
 BATCH_STAGES = ("export", "convert", "verify")
 
 
@@ -285,12 +297,12 @@ def serve_bench(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def loadtest(session: nox.Session) -> None:
-    """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/), default lane."""
-    lane = MATRIX.lane(None)
-    _require_model(session, lane)
-    serve_python = env_python(session, lane.env_for("serve"))
+    """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/); lane: $PT2TF_LANE."""
+    lane = MATRIX.lane(os.environ.get("PT2TF_LANE") or None)
     args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "loadtest"), "--lane", lane.name]
     if not any(arg.startswith("--rest") for arg in session.posargs):  # no external server: start the embedded one
+        _require_model(session, lane)
+        serve_python = env_python(session, lane.env_for("serve"))
         args += ["--models", str(MODELS / lane.name), "--serve-python", serve_python]
         args += _candidate_args(MODELS / lane.name / MODEL_NAME)
     run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.runner", *args, *session.posargs)

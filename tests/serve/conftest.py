@@ -6,7 +6,8 @@ in-process `tf.saved_model.load` answers every served answer is compared with. E
 in its own process on ports the OS hands out and is stopped in teardown, also on failure.
 
 Setting PT2TF_CONFORMANCE_REST and PT2TF_CONFORMANCE_GRPC points the conformance suite at an
-external server (the real tensorflow/serving image) instead of starting the embedded one.
+external server (the real tensorflow/serving image) instead of starting the embedded one, and
+PT2TF_CONFORMANCE_MODELS at the model repository that server loaded.
 """
 
 from __future__ import annotations
@@ -52,7 +53,19 @@ class Target:
 
 @pytest.fixture(scope="session")
 def repository(lane, artifacts, tmp_path_factory) -> Path:
-    """models/ with resnet18/1 (converted now) and resnet18/2 (a copy), as the conformance layout wants."""
+    """models/ with resnet18/1 (converted now) and resnet18/2 (a copy), as the conformance layout wants.
+
+    PT2TF_CONFORMANCE_MODELS names the repository an external server serves instead, so the
+    in-process answers come from the very files it loaded.
+    """
+    served = os.environ.get("PT2TF_CONFORMANCE_MODELS")
+    if served:
+        missing = [v for v in ("1", "2") if not (Path(served) / MODEL / v / "saved_model.pb").is_file()]
+        if missing:
+            pytest.fail(
+                f"PT2TF_CONFORMANCE_MODELS={served} lacks {MODEL}/{' and '.join(missing)} (see conformance/README.md)"
+            )
+        return Path(served)
     models = tmp_path_factory.mktemp("models")
     version_1 = convert(lane.name, lane.converter, artifacts, models, MODEL)
     shutil.copytree(version_1, models / MODEL / "2")

@@ -104,9 +104,10 @@ def grpc_error(call, request) -> grpc.RpcError:
     return caught.value
 
 
-def embedded_only(target) -> None:
+def embedded_only(target, difference: str) -> None:
+    """Skip on an external server: `difference` says how TF Serving differs (README, "Where it differs")."""
     if target.server is None:
-        pytest.skip("checks a limit or behaviour of the embedded server that TF Serving does not have")
+        pytest.skip(f"embedded server only; TF Serving differs: {difference}")
 
 
 # ---------------------------------------------------------------------------- REST: status and metadata
@@ -321,7 +322,7 @@ def test_rest_model_names_never_reach_the_file_system(rest, expected):
 
 
 def test_rest_oversized_body_is_refused_and_the_server_keeps_serving(target, rest, expected):
-    embedded_only(target)  # TF Serving reads bodies of any size
+    embedded_only(target, "it reads REST bodies of any size; the embedded server refuses those over 256 MiB")
     import http.client
 
     connection = http.client.HTTPConnection(target.rest_url.removeprefix("http://"), timeout=30)

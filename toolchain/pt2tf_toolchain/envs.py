@@ -76,29 +76,35 @@ def ensure_env(lock: Lock, name: str, root: Path | None = None) -> Path:
             shutil.rmtree(path)
         started = time.monotonic()
         _say(f"building env '{name}' ({len(locked.packages)} packages from toolchain.lock) in {path}")
-        subprocess.run([_base_python(), "-m", "venv", str(path)], check=True)
-        requirements = path / "requirements.lock.txt"
-        requirements.write_text(locked.requirements())
-        pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        # --no-deps: the lock is already the whole closure; --require-hashes: every file pip
-        # takes, from PyPI or from this machine's local wheel index, must match a locked sha256.
-        cmd = [*pip, "--require-hashes", "--no-deps", "--only-binary", ":all:", "-r", str(requirements)]
-        result = subprocess.run(cmd)
-        if result.returncode != 0:
-            shutil.rmtree(path, ignore_errors=True)
-            raise LockError(
-                f"installing env '{name}' from toolchain.lock failed (pip output above). A 'THESE PACKAGES "
-                "DO NOT MATCH THE HASHES' error means a wheel pip found — on PyPI or in a local wheel "
-                "index from pip.conf — differs from the one locked; compare its sha256 with "
-                "toolchain.lock and run `make lock` if the registry changed."
-            )
-        problems = drift(locked, installed_packages(path), f"env '{name}'")
-        if problems:
-            shutil.rmtree(path, ignore_errors=True)
-            raise LockError("installed env does not match toolchain.lock:\n  " + "\n  ".join(problems))
+        install_env(locked, path)
         (path / MARKER).write_text(json.dumps({"env": name, "digest": locked.digest()}) + "\n")
         _say(f"env '{name}' ready in {time.monotonic() - started:.0f} s")
     return path
+
+
+def install_env(locked: LockedEnv, path: Path) -> None:
+    """Create a venv at `path` and install exactly the locked packages, hash-checked; no half env is left."""
+    name = locked.name
+    subprocess.run([_base_python(), "-m", "venv", str(path)], check=True)
+    requirements = path / "requirements.lock.txt"
+    requirements.write_text(locked.requirements())
+    pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # --no-deps: the lock is already the whole closure; --require-hashes: every file pip
+    # takes, from PyPI or from this machine's local wheel index, must match a locked sha256.
+    cmd = [*pip, "--require-hashes", "--no-deps", "--only-binary", ":all:", "-r", str(requirements)]
+    result = subprocess.run(cmd)
+    if result.returncode != 0:
+        shutil.rmtree(path, ignore_errors=True)
+        raise LockError(
+            f"installing env '{name}' from toolchain.lock failed (pip output above). A 'THESE PACKAGES "
+            "DO NOT MATCH THE HASHES' error means a wheel pip found — on PyPI or in a local wheel "
+            "index from pip.conf — differs from the one locked; compare its sha256 with "
+            "toolchain.lock and run `make lock` if the registry changed."
+        )
+    problems = drift(locked, installed_packages(path), f"env '{name}'")
+    if problems:
+        shutil.rmtree(path, ignore_errors=True)
+        raise LockError("installed env does not match toolchain.lock:\n  " + "\n  ".join(problems))
 
 
 def prune_envs(lock: Lock, root: Path | None = None) -> list[Path]:
