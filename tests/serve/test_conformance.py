@@ -298,7 +298,12 @@ def test_rest_nan_and_infinity_are_accepted_as_tf_serving_does(rest, expected):
     assert b"NaN" in body and b"-Infinity" in body
     status, answer = post(rest, f"/v1/models/{MODEL}:predict", body)
     assert status == 200, answer
-    assert np.isnan(np.array(answer["predictions"], np.float64)).any()  # written back as bare NaN tokens
+    # Whether a NaN reaches the logits is the kernels' business, not the server's: oneDNN's ReLU and
+    # max-pool may drop it, and which kernel runs depends on the CPU and the batch size. What the
+    # server owes is an answer that parses, with any NaN written back as a bare token, not a string.
+    predictions = np.array(answer["predictions"], np.float64)
+    assert predictions.shape == (1, 1000)
+    assert not any(isinstance(x, str) for x in answer["predictions"][0])
 
 
 def test_rest_paths_outside_the_api(rest):
