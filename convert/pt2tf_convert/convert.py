@@ -17,6 +17,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from .artifacts import ArtifactsError, load_reference, photo_bytes, sha256
@@ -33,12 +34,19 @@ CONVERSION_ATOL = 1e-4
 
 
 def convert(
-    lane: str, converter: str, artifacts: Path, models: Path, model_name: str, version: int | None = None
+    lane: str,
+    converter: str,
+    artifacts: Path,
+    models: Path,
+    model_name: str,
+    version: int | None = None,
+    optimize_graph: bool = True,
 ) -> Path:
-    """Convert, wrap, check and publish; return the published version directory."""
+    """Convert, optimize, wrap, check and publish; return the published version directory."""
     import onnxruntime
     import tensorflow as tf
 
+    from .optimize import optimize
     from .signatures import contract_problems, save_serving_model
     from .warmup import write_warmup
 
@@ -55,6 +63,11 @@ def convert(
         work = Path(work)
         with step(f"converting with {backend.NAME}"):
             converted = backend.convert(onnx_model, onnx_path, work)
+        rewrite = None
+        if optimize_graph:
+            with step("freezing the weights and removing the converter's layout transposes"):
+                converted, rewrite = optimize(converted)
+            print(f"  graph: {rewrite.summary()}", file=sys.stderr)
         with staged_version(models / model_name, version) as (staging, number):
             with step(f"wrapping behind serving_default + predict_images (version {number})"):
                 save_serving_model(converted, [str(x) for x in ref["labels"]], staging)
@@ -90,6 +103,8 @@ def convert(
                     "source_onnx_is_the_export": onnx_sha256 == export_manifest["onnx_sha256"],
                     "export": {k: export_manifest[k] for k in ("exporter", "opset", "ir_version", "weights", "seed")},
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
+                    # What pt2tf_convert.optimize did to the converter's graph (None: --no-optimize).
+                    "graph_rewrite": None if rewrite is None else asdict(rewrite),
                     "converted_in_seconds": round(time.monotonic() - started, 1),
                 }
                 (staging / "assets.extra" / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -112,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", required=True, type=Path, help="model repository base directory")
     parser.add_argument("--model-name", default="resnet18")
     parser.add_argument("--version", type=int, help="version number to publish (default: the next one)")
+    parser.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="publish the converter's graph as it is (no freezing, no transpose removal)",
+    )
     args = parser.parse_args(argv)
     try:
-        convert(args.lane, args.converter, args.artifacts, args.models, args.model_name, args.version)
+        convert(args.lane, args.converter, args.artifacts, args.models, args.model_name, args.version, args.optimize)
     except (ArtifactsError, ConversionError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
