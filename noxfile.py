@@ -33,6 +33,7 @@ ARTIFACTS = ROOT / "artifacts"
 MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
+PLATFORM_CONFIG = DOCKER_CONFIG / "platform.config"  # the session config TF Serving would run the models with
 # The project's packages, importable in every env without installing them into the shared cache.
 PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "serve", "loadtest", "toolchain"))
 
@@ -238,7 +239,7 @@ def bench(session: nox.Session) -> None:
         if not (MODELS / lane.name / MODEL_NAME).is_dir():
             session.warn(f"lane {lane.name}: no converted model, skipped — run nox -s convert-{lane.name}")
             continue
-        args = [*_model_args(lane.name), "--label", f"lane {lane.name}"]
+        args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--platform-config", str(PLATFORM_CONFIG)]
         _bench(session, lane.env_for("bench"), out / f"savedmodel-{index}-{lane.name}.json", "savedmodel", *args)
     _run_here(session, "pt2tf_convert.bench_table", str(out))
 
@@ -250,13 +251,37 @@ def bench_levers(session: nox.Session) -> None:
     shutil.rmtree(out, ignore_errors=True)
     lane = MATRIX.lane(None)
     _bench(session, lane.env_for("export"), out / "onnxruntime.json", "onnxruntime")
-    for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla")):
+    for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla", "bf16")):
         if variant == "no-onednn":
             session.env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow is imported
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
+        args += ["--platform-config", str(PLATFORM_CONFIG)]
         _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
         session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     _run_here(session, "pt2tf_convert.bench_table", str(out))
+
+
+@nox.session(python=False)
+def profile(session: nox.Session) -> None:
+    """Per-layer time of ONNX Runtime vs the default lane's Session, converter graph vs optimized (reports/profile/)."""
+    lane = MATRIX.lane(None)
+    _require_model(session, lane)
+    out = REPORTS / "profile"
+    shutil.rmtree(out, ignore_errors=True)
+    common = ["-m", "pt2tf_convert.profile", "--artifacts", str(ARTIFACTS / lane.name), *session.posargs]
+    run_in(session, lane.env_for("export"), *common, "--runtime", "onnxruntime", "--out", str(out / "onnxruntime.json"))
+    tf_args = ["--runtime", "savedmodel", "--platform-config", str(PLATFORM_CONFIG), "--model-name", MODEL_NAME]
+    with tempfile.TemporaryDirectory(prefix="pt2tf-profile-") as tmp:
+        # The converter's graph as it was before pt2tf_convert.optimize, for the comparison.
+        run_in(session, lane.env_for("convert"), "-m", "pt2tf_convert.convert", "--lane", lane.name,
+               "--converter", lane.converter, "--artifacts", str(ARTIFACTS / lane.name), "--models", tmp,
+               "--no-optimize")  # fmt: skip
+        label = f"lane {lane.name}, converter's graph"
+        run_in(session, lane.env_for("bench"), *common, *tf_args, "--models", tmp,
+               "--label", label, "--out", str(out / "savedmodel-1-converter.json"))  # fmt: skip
+    run_in(session, lane.env_for("bench"), *common, *tf_args, "--models", str(MODELS / lane.name),
+           "--label", f"lane {lane.name}, published", "--out", str(out / "savedmodel-2-published.json"))  # fmt: skip
+    _run_here(session, "pt2tf_convert.profile_table", str(out))
 
 
 @nox.session(python=False)

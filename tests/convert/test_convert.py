@@ -196,23 +196,34 @@ def test_resize_follows_torchvision_shorter_side_rule(height, width, expected):
 
 def test_bench_measures_both_signatures_and_the_table_compares_to_onnxruntime(published, artifacts, tmp_path):
     from pt2tf_convert import bench, bench_table
+    from pt2tf_serve.cpu import cpu_info
 
     models, _ = published
     common = ["--artifacts", str(artifacts), "--batch-sizes", "1", "2", "--min-iters", "2", "--min-seconds", "0"]
     assert bench.main(["--runtime", "onnxruntime", *common, "--out", str(tmp_path / "b" / "ort.json")]) == 0
-    saved = ["--runtime", "savedmodel", "--models", str(models), "--label", "lane x", *common]
-    assert bench.main([*saved, "--out", str(tmp_path / "b" / "sm.json")]) == 0
-    results = json.loads((tmp_path / "b" / "sm.json").read_text())
-    assert sorted((r["signature"], r["batch"]) for r in results) == [
-        ("predict_images", 1),
-        ("predict_images", 2),
-        ("serving_default", 1),
-        ("serving_default", 2),
+    saved = ["--runtime", "savedmodel", "--models", str(models), "--label", "lane x", "--rounds", "2", *common]
+    platform = Path(__file__).resolve().parents[2] / "docker" / "config" / "platform.config"
+    assert bench.main([*saved, "--platform-config", str(platform), "--out", str(tmp_path / "b" / "sm.json")]) == 0
+    record = json.loads((tmp_path / "b" / "sm.json").read_text())
+    results = record["results"]
+    assert sorted((r["signature"], r["path"], r["batch"]) for r in results) == [
+        ("-", "-", 1),  # ONNX Runtime in the same process, interleaved
+        ("-", "-", 2),
+        ("predict_images", bench.SESSION, 1),
+        ("predict_images", bench.SESSION, 2),
+        ("serving_default", bench.SESSION, 1),
+        ("serving_default", bench.SESSION, 2),
+        ("serving_default", bench.LOADED, 1),
+        ("serving_default", bench.LOADED, 2),
     ]
     assert all(r["images_per_second"] > 0 and r["calls"] >= 2 for r in results)
+    assert all(len(r["rounds_images_per_second"]) == 2 for r in results)
+    assert record["machine"]["threads"]["tensorflow_intra_op"] == 2  # from the platform config
     assert bench_table.main([str(tmp_path / "b")]) == 0
     text = (tmp_path / "b.md").read_text()
     assert "best-batch throughput" in text and "batch-1 latency" in text and "ONNX Runtime" in text
+    assert f"lane x (TF {tf.__version__}), {bench.SESSION}: best-batch" in text
+    assert f"CPU: {cpu_info().describe()}" in text  # model, cores, the AVX-512/AMX/bf16 flags it has and lacks
 
 
 def test_the_contract_check_names_every_difference(tmp_path):
