@@ -125,9 +125,11 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     from .repository import versions
 
     config = session_config(args)
-    # The loaded-signature path runs in TensorFlow's eager context: give it the same pools.
-    tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_parallelism_threads)
-    tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism_threads)
+    try:  # the loaded-signature path runs in TensorFlow's eager context: give it the same pools
+        tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_parallelism_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism_threads)
+    except RuntimeError:  # TensorFlow already ran in this process (a test): its eager pools stay
+        pass
 
     model_dir = args.models / args.model_name
     found = versions(model_dir)

@@ -22,6 +22,10 @@ from pathlib import Path
 
 from .artifacts import ArtifactsError, load_reference, photo_bytes, sha256
 from .backends import ConversionError, load_backend
+from .bf16 import PLATFORM_CONFIG as BF16_PLATFORM_CONFIG
+from .bf16 import SUFFIX as BF16_SUFFIX
+from .bf16 import Bf16Error, Bf16Thresholds, require_bf16_cpu
+from .bf16 import check as check_bf16
 from .metrics import compare
 from .progress import step
 from .repository import RepositoryError, staged_version
@@ -41,15 +45,24 @@ def convert(
     model_name: str,
     version: int | None = None,
     optimize_graph: bool = True,
+    bf16: bool = False,
 ) -> Path:
-    """Convert, optimize, wrap, check and publish; return the published version directory."""
+    """Convert, optimize, wrap, check and publish; return the published version directory.
+
+    With `bf16`, the version is published under `<model_name>-bf16` for a server whose sessions
+    run oneDNN's bf16 auto mixed precision, after its bf16 parity met its own thresholds.
+    """
     import onnxruntime
     import tensorflow as tf
+    from pt2tf_serve.cpu import cpu_info
 
     from .optimize import optimize
     from .signatures import contract_problems, save_serving_model
     from .warmup import write_warmup
 
+    if bf16:
+        require_bf16_cpu()  # before minutes of work: bf16 parity can only be measured where it runs
+        model_name = model_name if model_name.endswith(BF16_SUFFIX) else model_name + BF16_SUFFIX
     backend = load_backend(converter)
     onnx_path = artifacts / "model.onnx"
     print(f"convert for lane '{lane}' with {backend.describe()} → {models / model_name}", file=sys.stderr)
@@ -86,6 +99,12 @@ def convert(
                         f"{backend.NAME} changed the model: the SavedModel differs from ONNX Runtime on the same "
                         f"file by {vs_ort['max_abs']:.2e} (max abs, allowed {CONVERSION_ATOL:.0e})"
                     )
+            bf16_parity = None
+            if bf16:
+                with step("bf16 parity: a Session with auto_mixed_precision_onednn_bfloat16 vs PyTorch, ONNX Runtime"):
+                    bf16_parity, failed = check_bf16(staging, onnx_path, ref, Bf16Thresholds())
+                if failed:
+                    raise ConversionError("bf16 parity is outside its thresholds:\n  " + "\n  ".join(failed))
             with step("writing warmup records and the manifest"):
                 write_warmup(staging, model_name, min(photo_bytes(ref), key=len))  # keep the file small
                 manifest = {
@@ -105,8 +124,17 @@ def convert(
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
                     # What pt2tf_convert.optimize did to the converter's graph (None: --no-optimize).
                     "graph_rewrite": None if rewrite is None else asdict(rewrite),
-                    "converted_in_seconds": round(time.monotonic() - started, 1),
+                    "precision": "bfloat16" if bf16 else "float32",
                 }
+                if bf16:
+                    manifest["bf16"] = {
+                        "session_config": "graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16: ON",
+                        "serve_with": f"--platform_config_file={BF16_PLATFORM_CONFIG} (or --mixed_precision=bfloat16)",
+                        "measured_on": cpu_info().describe(),
+                        "parity": bf16_parity,
+                    }
+                    manifest["thresholds"] = asdict(Bf16Thresholds())
+                manifest["converted_in_seconds"] = round(time.monotonic() - started, 1)
                 (staging / "assets.extra" / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     target = models / model_name / str(number)
     print(
@@ -128,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default="resnet18")
     parser.add_argument("--version", type=int, help="version number to publish (default: the next one)")
     parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="publish as <model-name>-bf16, for a server running oneDNN bf16 auto mixed precision "
+        "(needs avx512_bf16 or amx_bf16)",
+    )
+    parser.add_argument(
         "--no-optimize",
         dest="optimize",
         action="store_false",
@@ -135,8 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        convert(args.lane, args.converter, args.artifacts, args.models, args.model_name, args.version, args.optimize)
-    except (ArtifactsError, ConversionError, RepositoryError) as exc:
+        convert(
+            args.lane,
+            args.converter,
+            args.artifacts,
+            args.models,
+            args.model_name,
+            args.version,
+            optimize_graph=args.optimize,
+            bf16=args.bf16,
+        )
+    except (ArtifactsError, Bf16Error, ConversionError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

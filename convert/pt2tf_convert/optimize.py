@@ -8,7 +8,7 @@ Transposes are layout bookkeeping, not maths, so this module:
 1. freezes the converted graph (variables become constants, nested functions are inlined), so
    Grappler can fold weight-side work once at load instead of on every call;
 2. sinks every Transpose below the elementwise ops it feeds (Add, Relu, ...: applying them before or
-   after a transpose gives the same numbers, bit for bit) and cancels each pair that meets its
+   after a transpose computes the same values) and cancels each pair that meets its
    inverse, until no pair is left to cancel;
 3. writes a per-channel constant added to a convolution as BiasAdd, the pattern Grappler's remapper
    fuses (with the residual Add and the Relu) into one oneDNN convolution.
@@ -28,7 +28,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from .signatures import CROP, ConvertedModel
 
-# Elementwise ops for which op(transpose(x)) == transpose(op(x)) exactly.
+# Elementwise ops for which op(transpose(x)) == transpose(op(x)), value for value.
 UNARY = {"Relu", "Relu6", "Identity", "Neg", "Sigmoid", "Tanh", "Elu", "Selu"}
 BINARY = {"Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum", "RealDiv", "BiasAdd"}
 # Constants at least this large are weights, stored once in the SavedModel rather than in each function.

@@ -61,5 +61,5 @@ def bf16_refusal(info: CpuInfo | None = None) -> str | None:
         return None
     return (
         f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in /proc/cpuinfo; this one ({info.model}) has neither, "
-        "and oneDNN would emulate bf16 slower than fp32: serve the fp32 model instead"
+        "so oneDNN has no native bf16 kernels here (emulated at best, slower than fp32): serve the fp32 model"
     )
