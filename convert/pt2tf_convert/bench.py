@@ -135,8 +135,11 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     found = versions(model_dir)
     if not found:
         raise SystemExit(f"error: {model_dir} has no version — run the convert stage first")
-    version = model_dir / str(found[-1])
-    servable = Servable(args.model_name, found[-1], version, config, ["serve"])
+    number = args.version if args.version is not None else found[-1]
+    if number not in found:
+        raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
+    version = model_dir / str(number)
+    servable = Servable(args.model_name, number, version, config, ["serve"])
     sessions = {name: servable.signatures[name] for name in ("serving_default", "predict_images")}
     loaded = tf.saved_model.load(str(version))
     serving = loaded.signatures["serving_default"]
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", required=True, type=Path, help="export output (reference inputs, ONNX)")
     parser.add_argument("--models", type=Path, help="model repository base (savedmodel runtime)")
     parser.add_argument("--model-name", default="resnet18")
+    parser.add_argument("--version", type=int, help="model version to bench (default: the newest)")
     parser.add_argument("--label", default="SavedModel", help="how the table names this runtime (e.g. the lane)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--variant", choices=list(VARIANTS), default="default", help="a performance lever to apply")

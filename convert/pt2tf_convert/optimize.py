@@ -31,6 +31,7 @@ from .signatures import CROP, ConvertedModel
 # Elementwise ops for which op(transpose(x)) == transpose(op(x)), value for value.
 UNARY = {"Relu", "Relu6", "Identity", "Neg", "Sigmoid", "Tanh", "Elu", "Selu"}
 BINARY = {"Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum", "RealDiv", "BiasAdd"}
+PADS = {"Pad", "PadV2", "MirrorPad"}
 # Constants at least this large are weights, stored once in the SavedModel rather than in each function.
 WEIGHT_BYTES = 1024
 
@@ -44,12 +45,13 @@ class Rewrite:
     transposes_sunk: int
     transpose_pairs_cancelled: int
     bias_adds: int
+    pads_folded: int
 
     def summary(self) -> str:
         before, after = self.ops_before.get("Transpose", 0), self.ops_after.get("Transpose", 0)
         return (
             f"{before} → {after} Transpose ops ({self.transpose_pairs_cancelled} inverse pairs cancelled), "
-            f"{self.bias_adds} Add → BiasAdd"
+            f"{self.pads_folded} Pad folded into Conv2D padding, {self.bias_adds} Add → BiasAdd"
         )
 
 
@@ -105,6 +107,14 @@ class _Graph:
         node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
         return node.name
 
+    def consumers(self, name: str) -> list[node_def_pb2.NodeDef]:
+        """Nodes reading output 0 of node `name` as data."""
+        return [
+            node
+            for node in self.graph_def.node
+            if any(not i.startswith("^") and _split(i) == (name, 0) for i in node.input)
+        ]
+
     def rewire(self, old: str, new: str, skip: node_def_pb2.NodeDef) -> None:
         """Every consumer of tensor `old` (port 0) reads `new` instead, except `skip`."""
         for node in self.graph_def.node:
@@ -138,10 +148,40 @@ def _broadcast_transposed(value: np.ndarray, perm: tuple[int, ...]) -> np.ndarra
     return np.ascontiguousarray(np.transpose(full, inverse))
 
 
+def _sink_below_pad(graph: _Graph, node: node_def_pb2.NodeDef) -> bool:
+    """Pad(Transpose(x, p), paddings) → Transpose(Pad(x, paddings permuted back), p).
+
+    Only where every consumer of the Pad is a Transpose (which then meets its inverse): a Pad that
+    feeds a convolution directly is one Grappler fuses into it, and stays where it is.
+    """
+    source = graph.transpose_input(node.input[0])
+    paddings = graph.const_value(node.input[1])
+    if source is None or paddings is None or len(paddings) != len(source[1]):
+        return False
+    consumers = graph.consumers(node.name)
+    if not consumers or any(c.op != "Transpose" for c in consumers):
+        return False
+    x, perm = source
+    moved = graph.add_const(node.name + "/paddings", np.ascontiguousarray(paddings[np.argsort(perm)]))
+    node.input[0], node.input[1] = x, moved
+    node.attr.pop("_output_shapes", None)
+    perm_const = graph.add_const(node.name + "/perm", np.array(perm, dtype=np.int32))
+    attrs = {"T": node.attr["T"], "Tperm": tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum)}
+    moved_transpose = graph.add_node("Transpose", node.name, [node.name, perm_const], attrs)
+    graph.rewire(node.name, moved_transpose.name, skip=moved_transpose)
+    return True
+
+
 def _sink_once(graph: _Graph) -> bool:
-    """Move one Transpose below one elementwise op; True if something changed."""
+    """Move one Transpose below one elementwise op or Pad; True if something changed."""
     for node in list(graph.graph_def.node):
-        if node.op not in UNARY | BINARY or node.name in graph.keep:
+        if node.name in graph.keep:
+            continue
+        if node.op in PADS:
+            if _sink_below_pad(graph, node):
+                return True
+            continue
+        if node.op not in UNARY | BINARY:
             continue
         data = [i for i in node.input if not i.startswith("^")]
         sources = [graph.transpose_input(i) for i in data]
@@ -172,6 +212,45 @@ def _sink_once(graph: _Graph) -> bool:
     return False
 
 
+def _bypass_identities(graph: _Graph) -> int:
+    """Consumers of Identity(x) read x (onnx-tf's graphs carry one per tensor); returns how many."""
+    bypassed = 0
+    for node in list(graph.graph_def.node):
+        single = len(node.input) == 1 and not node.input[0].startswith("^")
+        if node.op == "Identity" and node.name not in graph.keep and single:
+            graph.rewire(node.name, node.input[0], skip=node)
+            bypassed += 1
+    return bypassed
+
+
+def _fold_layout_constants(graph: _Graph) -> int:
+    """Transpose(constant) becomes a constant, Split into one part its input; returns how many.
+
+    onnx-tf transposes every filter from OIHW to HWIO and splits it into `group` parts on each
+    call; Grappler would fold that too, but only at load, and the filter must be a constant here
+    for the BiasAdd rewrite to see its channel count.
+    """
+    folded = 0
+    for node in list(graph.graph_def.node):
+        if node.name in graph.keep:
+            continue
+        if node.op == "Transpose":
+            value, perm = graph.const_value(node.input[0]), graph.perm(node)
+            if value is None or perm is None:
+                continue
+            result = np.ascontiguousarray(np.transpose(value, perm))
+            node.op = "Const"
+            del node.input[:]
+            node.ClearField("attr")
+            node.attr["dtype"].type = tf.as_dtype(result.dtype).as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(result))
+            folded += 1
+        elif node.op == "Split" and node.attr["num_split"].i == 1:
+            graph.rewire(node.name, node.input[1], skip=node)
+            folded += 1
+    return folded
+
+
 def _cancel_pairs(graph: _Graph) -> int:
     """Transpose(Transpose(x, a), b) with a∘b the identity reads x directly; returns how many."""
     cancelled = 0
@@ -187,6 +266,50 @@ def _cancel_pairs(graph: _Graph) -> int:
             graph.rewire(node.name, source, skip=node)
             cancelled += 1
     return cancelled
+
+
+def _fold_pads(graph: _Graph) -> int:
+    """Pad(x) → Conv2D(VALID) becomes Conv2D(x) with the padding in its attributes; returns how many.
+
+    A stride-1 convolution padded by (k - 1) / 2 on each side is SAME; any other zero padding of
+    the spatial axes is EXPLICIT. Either way Grappler's remapper can fuse the convolution with its
+    BiasAdd, residual Add and Relu, which it does not do for a Pad-fused one.
+    """
+    folded = 0
+    for conv in graph.graph_def.node:
+        if (
+            conv.op != "Conv2D"
+            or conv.attr["padding"].s != b"VALID"
+            or conv.attr["data_format"].s not in (b"", b"NHWC")
+        ):
+            continue
+        pad = graph.producer(conv.input[0])
+        if pad is None or pad.op not in ("Pad", "PadV2"):
+            continue
+        paddings, filters = graph.const_value(pad.input[1]), graph.const_value(conv.input[1])
+        fill = graph.const_value(pad.input[2]) if pad.op == "PadV2" else np.zeros(())
+        if paddings is None or filters is None or fill is None or np.any(fill != 0) or paddings.shape != (4, 2):
+            continue
+        if np.any(paddings[[0, 3]] != 0):
+            continue
+        strides, dilations = list(conv.attr["strides"].list.i), list(conv.attr["dilations"].list.i) or [1, 1, 1, 1]
+        kernel = filters.shape[:2]
+        same = all(
+            strides[axis + 1] == 1
+            and dilations[axis + 1] == 1
+            and (kernel[axis] - 1) == 2 * paddings[axis + 1][0]
+            and paddings[axis + 1][0] == paddings[axis + 1][1]
+            for axis in (0, 1)
+        )
+        conv.input[0] = pad.input[0]
+        conv.attr.pop("_output_shapes", None)
+        if same:
+            conv.attr["padding"].s = b"SAME"
+        else:
+            conv.attr["padding"].s = b"EXPLICIT"
+            conv.attr["explicit_paddings"].list.i.extend(int(v) for v in paddings.reshape(-1))
+        folded += 1
+    return folded
 
 
 def _bias_adds(graph: _Graph) -> int:
@@ -229,6 +352,8 @@ def sink_transposes(graph_def: graph_pb2.GraphDef, outputs: list[str]) -> tuple[
     graph = _Graph(result, {_split(o)[0] for o in outputs})
     sunk = cancelled = 0
     while True:
+        _bypass_identities(graph)
+        _fold_layout_constants(graph)
         cancelled += _cancel_pairs(graph)
         graph.prune()
         if not _sink_once(graph):
@@ -271,12 +396,13 @@ def _lift_weights(graph_def: graph_pb2.GraphDef) -> dict[str, tf.Tensor]:
     return weights
 
 
-def optimize(converted: ConvertedModel) -> tuple[ConvertedModel, Rewrite]:
+def optimize(converted: ConvertedModel, fold_pads: bool = True) -> tuple[ConvertedModel, Rewrite]:
     """Freeze and rewrite the converted graph; the returned model computes the same logits."""
     graph_def, input_name, output_name = freeze(converted)
     before = Counter(n.op for n in graph_def.node)
     rewritten, sunk, cancelled = sink_transposes(graph_def, [output_name])
     graph = _Graph(rewritten, {_split(output_name)[0]})
+    pads_folded = _fold_pads(graph) if fold_pads else 0
     bias_adds = _bias_adds(graph)
     graph.prune()
     after = Counter(n.op for n in rewritten.node)
@@ -291,5 +417,5 @@ def optimize(converted: ConvertedModel) -> tuple[ConvertedModel, Rewrite]:
         )
         return logits
 
-    rewrite = Rewrite(dict(before), dict(after), sunk, cancelled, bias_adds)
+    rewrite = Rewrite(dict(before), dict(after), sunk, cancelled, bias_adds, pads_folded)
     return ConvertedModel(call=call, trackable=list(weights.values()), layout=converted.layout), rewrite
