@@ -32,6 +32,8 @@ from .signatures import CROP, ConvertedModel
 UNARY = {"Relu", "Relu6", "Identity", "Neg", "Sigmoid", "Tanh", "Elu", "Selu"}
 BINARY = {"Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum", "RealDiv", "BiasAdd"}
 PADS = {"Pad", "PadV2", "MirrorPad"}
+# Ops that only compute shapes and amounts when all their inputs are constants.
+SHAPE_ARITHMETIC = {"Pack", "StridedSlice", "Add", "AddV2", "Sub", "Mul", "Cast", "Reshape", "ConcatV2", "Range"}
 # Constants at least this large are weights, stored once in the SavedModel rather than in each function.
 WEIGHT_BYTES = 1024
 
@@ -251,6 +253,36 @@ def _fold_layout_constants(graph: _Graph) -> int:
     return folded
 
 
+def _fold_shape_arithmetic(graph: _Graph) -> int:
+    """Small ops computed from constants only (onnx-tf's pad amounts) become constants; returns how many.
+
+    A Pad whose amounts are a Pack of StridedSlices of constants is still a constant Pad; folded
+    here, a transpose can be sunk below it like below any other.
+    """
+    folded = 0
+    for node in list(graph.graph_def.node):
+        if node.op not in SHAPE_ARITHMETIC or node.name in graph.keep or any(i.startswith("^") for i in node.input):
+            continue
+        values = [graph.const_value(i) for i in node.input]
+        if not values or any(v is None for v in values) or any(_split(i)[1] for i in node.input):
+            continue
+        subgraph = graph_pb2.GraphDef()
+        subgraph.node.extend([graph.nodes[_split(i)[0]] for i in dict.fromkeys(node.input)] + [node])
+        with tf.Graph().as_default() as evaluation:
+            tf.graph_util.import_graph_def(subgraph, name="")
+        with tf.compat.v1.Session(graph=evaluation) as session:
+            result = np.asarray(session.run(f"{node.name}:0"))
+        if result.nbytes >= WEIGHT_BYTES:
+            continue
+        node.op = "Const"
+        del node.input[:]
+        node.ClearField("attr")
+        node.attr["dtype"].type = tf.as_dtype(result.dtype).as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(result))
+        folded += 1
+    return folded
+
+
 def _cancel_pairs(graph: _Graph) -> int:
     """Transpose(Transpose(x, a), b) with a∘b the identity reads x directly; returns how many."""
     cancelled = 0
@@ -354,6 +386,7 @@ def sink_transposes(graph_def: graph_pb2.GraphDef, outputs: list[str]) -> tuple[
     while True:
         _bypass_identities(graph)
         _fold_layout_constants(graph)
+        _fold_shape_arithmetic(graph)
         cancelled += _cancel_pairs(graph)
         graph.prune()
         if not _sink_once(graph):
