@@ -291,11 +291,12 @@ def test_a_transpose_that_meets_no_inverse_is_kept():
     np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
 
 
-def test_the_published_graph_is_frozen_and_lost_transposes(published):
+def test_the_published_graph_is_frozen_and_keeps_no_layout_transposes(published):
     _, version_dir = published
     rewrite = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())["graph_rewrite"]
     before, after = rewrite["ops_before"].get("Transpose", 0), rewrite["ops_after"].get("Transpose", 0)
-    assert after < before, f"the rewrite removed no transpose ({before} → {after})"
+    # Left: NCHW → NHWC at the input, and at most one before the final pooling (onnx-tf: 63 → 2).
+    assert after <= min(before, 2), f"transposes {before} → {after}"
     assert "VarHandleOp" not in rewrite["ops_after"] and "ReadVariableOp" not in rewrite["ops_after"]
 
 

@@ -252,10 +252,13 @@ def test_a_platform_config_file_gives_every_session_its_config(own_repository, e
         pytest.skip(f"{cpu_info().describe()}: the server refuses bf16 here (tested in test_flags_config_batching)")
     config = config_copy(tmp_path / "config")
     flags = embedded_flags(config, own_repository, f"--platform_config_file=/config/{platform}")
-    with ServerProcess(flags) as server, RestClient(server.rest_url, timeout=60) as rest:
-        served = rest.predict(MODEL, {"input": expected.tensors[:2]})["output"]
-        difference = np.abs(np.asarray(served) - expected.logits[:2]).max()
-        if bf16:  # bf16 really ran in the served Session: off by far more than fp32, within its bound
-            assert 1e-4 < difference <= 0.02 * np.abs(expected.logits).max()
-        else:
-            assert difference <= 2e-4
+    with ServerProcess(flags, env={"TF_CPP_MIN_LOG_LEVEL": "0"}) as server:
+        with RestClient(server.rest_url, timeout=60) as rest:
+            served = rest.predict(MODEL, {"input": expected.tensors[:2]})["output"]
+        log = server.log()
+    difference = np.abs(np.asarray(served) - expected.logits[:2]).max()
+    if bf16:  # bf16 really ran in the served Session: off by far more than fp32, within its bound
+        assert "Running auto_mixed_precision_onednn_bfloat16 graph optimizer" in log
+        assert 1e-4 < difference <= 0.02 * np.abs(expected.logits).max(), f"{difference}; server log:\n{log[-3000:]}"
+    else:
+        assert "auto_mixed_precision" not in log and difference <= 2e-4
