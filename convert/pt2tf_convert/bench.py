@@ -130,6 +130,8 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
         tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism_threads)
     except RuntimeError:  # TensorFlow already ran in this process (a test): its eager pools stay
         pass
+    if config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == 1:  # RewriterConfig.ON
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
 
     model_dir = args.models / args.model_name
     found = versions(model_dir)
@@ -196,7 +198,12 @@ def machine(args: argparse.Namespace) -> dict:
             "tensorflow_inter_op": config.inter_op_parallelism_threads or "TF default (cores)",
             "platform_config": str(args.platform_config) if args.platform_config else None,
         }
-    threads["onnxruntime"] = "default (intra-op = cores)"
+    if args.runtime != "pytorch":
+        threads["onnxruntime"] = "default (intra-op = cores)"
+    else:
+        import torch
+
+        threads["torch"] = torch.get_num_threads()
     return {"cpu": info.describe(), "cpu_model": info.model, "cpu_flags": info.relevant_flags, "threads": threads}
 
 
