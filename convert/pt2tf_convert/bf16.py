@@ -36,17 +36,22 @@ PLATFORM_CONFIG = "/config/platform-bf16.config"  # docker/config/ as compose mo
 
 @dataclass(frozen=True)
 class Bf16Thresholds:
-    """Bounds for bf16 logits against PyTorch's fp32 ones.
+    """Bounds for bf16 logits against fp32 ones (PyTorch's, ONNX Runtime's).
 
-    Measured on an AMD EPYC with avx512_bf16 (no AMX), lane onnx2tf, seeded weights, 16 reference
-    inputs: max relative error 0.0068 (max abs 0.027 on logits up to 4.0), min cosine 0.99993, top-1
-    agreement 100%, top-5 set agreement 81%. Bounds: about three times the error, and at most one
-    top-1 change in ten. To be measured again on a reference set whose predictions vary more.
+    Measured on an AMD EPYC with avx512_bf16 (no AMX), lane onnx2tf, 16 reference inputs. Seeded
+    weights whose answers collapse to 4 classes: max relative error 0.0068, min cosine 0.99993,
+    top-1 agreement 100%, top-5 set agreement 81%. Seeded weights calibrated so answers vary (15
+    classes, top-1 margins down to 0.002): max relative error 0.025 (max abs 0.10 on logits up to
+    4.1), min cosine 0.99974, top-1 agreement 87.5% (the two inputs whose top-1 margin, 0.002 and
+    0.015, is below bf16's error), top-5 set agreement 94%. Bounds: twice the larger error, cosine
+    0.999, at most one top-1 change in four and half the top-5 sets. A top-1 whose margin exceeds
+    twice the allowed error cannot flip without breaking max_rel, so the error bound is what keeps
+    clear answers; the agreement bounds only limit how many near ties may flip.
     """
 
-    max_rel: float = 0.02
+    max_rel: float = 0.05
     min_cosine: float = 0.999
-    min_top1: float = 0.9
+    min_top1: float = 0.75
     min_top5: float = 0.5
 
 

@@ -55,7 +55,10 @@ def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
 
 
 def bf16_refusal(info: CpuInfo | None = None) -> str | None:
-    """Why bf16 must not run here, or None when the CPU supports it."""
+    """Why bf16 must not run here, or None when the CPU supports it and oneDNN is on."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        # Grappler's bf16 rewrite is a oneDNN one: without oneDNN it is skipped and fp32 runs silently.
+        return "bf16 auto mixed precision is a oneDNN rewrite, and TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off: unset it"
     info = info or cpu_info()
     if info.bf16:
         return None

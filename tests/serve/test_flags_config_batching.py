@@ -988,6 +988,13 @@ PLATFORM = """platform_configs {{
 """
 
 
+@pytest.fixture(autouse=True)
+def _onednn_on(monkeypatch):
+    # pt2tf-client's main() sets TF_ENABLE_ONEDNN_OPTS=0 for its own process; client tests that call it
+    # in this process leave it in os.environ, and bf16 is refused without oneDNN.
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+
+
 def _platform(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "platform.config"
     path.write_text(PLATFORM.format(body=body))
@@ -1122,6 +1129,14 @@ def test_bf16_is_refused_with_a_clear_message_on_a_cpu_without_bf16(tmp_path):
     new = tmp_path / "cpuinfo-amx"
     new.write_text("model name\t: Xeon SPR\nflags\t\t: avx512f avx512_bf16 amx_tile amx_bf16\n")
     assert bf16_refusal(cpu_info(new)) is None
+
+
+def test_bf16_is_refused_when_onednn_is_off(tmp_path, monkeypatch):
+    # Without oneDNN, Grappler skips the bf16 rewrite and the server would run fp32 while claiming bf16.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    with pytest.raises(ConfigError, match="TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off"):
+        load_platform_config(DOCKER_CONFIG / "platform-bf16.config", num_cores=2)
+    load_platform_config(DOCKER_CONFIG / "platform.config", num_cores=2)  # fp32 needs no oneDNN
 
 
 def test_platform_config_map_is_tf_servings_message():

@@ -252,7 +252,8 @@ def test_a_platform_config_file_gives_every_session_its_config(own_repository, e
         pytest.skip(f"{cpu_info().describe()}: the server refuses bf16 here (tested in test_flags_config_batching)")
     config = config_copy(tmp_path / "config")
     flags = embedded_flags(config, own_repository, f"--platform_config_file=/config/{platform}")
-    with ServerProcess(flags, env={"TF_CPP_MIN_LOG_LEVEL": "0"}) as server:
+    # oneDNN on whatever an earlier test left in this process's environment (pt2tf-client turns it off)
+    with ServerProcess(flags, env={"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "1"}) as server:
         with RestClient(server.rest_url, timeout=60) as rest:
             served = rest.predict(MODEL, {"input": expected.tensors[:2]})["output"]
         log = server.log()
