@@ -19,6 +19,7 @@ for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only
     sys.path.insert(0, str(ROOT / _folder))
 
 from pt2tf_convert.repository import versions  # noqa: E402
+from pt2tf_serve.cpu import cpu_info  # noqa: E402
 from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags  # noqa: E402
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
 from pt2tf_toolchain.lock import drift, load_lock, staleness  # noqa: E402
@@ -33,6 +34,8 @@ ARTIFACTS = ROOT / "artifacts"
 MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
+PLATFORM_CONFIG = DOCKER_CONFIG / "platform.config"  # the session config TF Serving would run the models with
+BF16_MODEL = f"{MODEL_NAME}-bf16"
 # The project's packages, importable in every env without installing them into the shared cache.
 PYTHONPATH = os.pathsep.join(str(ROOT / folder) for folder in ("convert", "serve", "loadtest", "toolchain"))
 
@@ -250,8 +253,20 @@ def bench(session: nox.Session) -> None:
         if not (MODELS / lane.name / MODEL_NAME).is_dir():
             session.warn(f"lane {lane.name}: no converted model, skipped — run nox -s convert-{lane.name}")
             continue
-        args = [*_model_args(lane.name), "--label", f"lane {lane.name}"]
+        args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--platform-config", str(PLATFORM_CONFIG)]
         _bench(session, lane.env_for("bench"), out / f"savedmodel-{index}-{lane.name}.json", "savedmodel", *args)
+    default = MATRIX.lane(None)
+    if versions(MODELS / default.name / BF16_MODEL) and cpu_info().bf16:  # published by nox -s bf16
+        args = [
+            "--models",
+            str(MODELS / default.name),
+            "--model-name",
+            BF16_MODEL,
+            "--label",
+            f"lane {default.name} bf16",
+        ]
+        args += ["--platform-config", str(DOCKER_CONFIG / "platform-bf16.config"), "--no-images"]
+        _bench(session, default.env_for("bench"), out / f"savedmodel-9-{default.name}-bf16.json", "savedmodel", *args)
     _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 
@@ -262,13 +277,48 @@ def bench_levers(session: nox.Session) -> None:
     shutil.rmtree(out, ignore_errors=True)
     lane = MATRIX.lane(None)
     _bench(session, lane.env_for("export"), out / "onnxruntime.json", "onnxruntime")
-    for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla")):
+    for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla", "bf16")):
         if variant == "no-onednn":
             session.env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow is imported
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
+        args += ["--platform-config", str(PLATFORM_CONFIG)]
         _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
         session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     _run_here(session, "pt2tf_convert.bench_table", str(out))
+
+
+@nox.session(python=False)
+def bf16(session: nox.Session) -> None:
+    """Publish the default lane's bf16 variant (models/<lane>/resnet18-bf16) and check its parity; bf16 CPUs only."""
+    lane = MATRIX.lane(None)
+    cmd = ["-m", "pt2tf_convert.convert", "--lane", lane.name, "--converter", lane.converter, "--bf16"]
+    run_in(session, lane.env_for("convert"), *cmd, *_lane_paths(lane.name), *session.posargs)
+    run_in(session, lane.env_for("verify"), "-m", "pt2tf_convert.bf16", "--lane", lane.name,
+           "--artifacts", str(ARTIFACTS / lane.name), "--models", str(MODELS / lane.name),
+           "--model-name", BF16_MODEL, "--reports", str(REPORTS / lane.name))  # fmt: skip
+
+
+@nox.session(python=False)
+def profile(session: nox.Session) -> None:
+    """Per-layer time of ONNX Runtime vs the default lane's Session, converter graph vs optimized (reports/profile/)."""
+    lane = MATRIX.lane(None)
+    _require_model(session, lane)
+    out = REPORTS / "profile"
+    shutil.rmtree(out, ignore_errors=True)
+    common = ["-m", "pt2tf_convert.profile", "--artifacts", str(ARTIFACTS / lane.name), *session.posargs]
+    run_in(session, lane.env_for("export"), *common, "--runtime", "onnxruntime", "--out", str(out / "onnxruntime.json"))
+    tf_args = ["--runtime", "savedmodel", "--platform-config", str(PLATFORM_CONFIG), "--model-name", MODEL_NAME]
+    with tempfile.TemporaryDirectory(prefix="pt2tf-profile-") as tmp:
+        # The converter's graph as it was before pt2tf_convert.optimize, for the comparison.
+        run_in(session, lane.env_for("convert"), "-m", "pt2tf_convert.convert", "--lane", lane.name,
+               "--converter", lane.converter, "--artifacts", str(ARTIFACTS / lane.name), "--models", tmp,
+               "--no-optimize")  # fmt: skip
+        label = f"lane {lane.name}, converter's graph"
+        run_in(session, lane.env_for("bench"), *common, *tf_args, "--models", tmp,
+               "--label", label, "--out", str(out / "savedmodel-1-converter.json"))  # fmt: skip
+    run_in(session, lane.env_for("bench"), *common, *tf_args, "--models", str(MODELS / lane.name),
+           "--label", f"lane {lane.name}, published", "--out", str(out / "savedmodel-2-published.json"))  # fmt: skip
+    _run_here(session, "pt2tf_convert.profile_table", str(out))
 
 
 @nox.session(python=False)

@@ -2,11 +2,18 @@
 
     python -m pt2tf_convert.bench --runtime onnxruntime --artifacts artifacts/onnx2tf --out reports/bench/ort.json
 
-Runtimes: pytorch (eager, torch env), onnxruntime (CPU EP), savedmodel (a model version,
-both signatures: `serving_default` on tensors, `predict_images` on JPEG bytes). Each
-configuration warms up, then runs until it has both --min-iters calls and --min-seconds.
-The bench session runs every runtime one after another and bench_table puts them side
-by side with ratios to ONNX Runtime: figures from one run on one machine, not assertions.
+Runtimes: pytorch (eager, torch env), onnxruntime (CPU EP), savedmodel (a model version).
+A SavedModel is called two ways: as TF Serving and the embedded server run it, a Session on
+its MetaGraph (pt2tf_serve's Servable, with the session config of --platform-config), both
+signatures (`serving_default` on tensors, `predict_images` on JPEG bytes); and through
+`tf.saved_model.load(...).signatures["serving_default"]`. The same process also runs ONNX
+Runtime on the same ONNX file, interleaved with the SavedModel over --rounds rounds, so each
+ratio compares figures taken minutes apart at most, on a machine others share.
+
+Each configuration warms up, then runs until it has both --min-iters calls and --min-seconds;
+a round measures every configuration once, and the median round is reported. The bench session
+runs every runtime one after another and bench_table puts them side by side with ratios to
+ONNX Runtime: figures from one run on one machine, not assertions.
 """
 
 from __future__ import annotations
@@ -81,45 +88,123 @@ def _onnxruntime(ref: dict, args: argparse.Namespace) -> list[dict]:
 
 # Levers tried on the SavedModel runtime; each is one process, so thread pools start fresh.
 VARIANTS = {
-    "default": "TensorFlow's defaults (intra-op = cores, inter-op = cores, oneDNN on)",
+    "default": "the session config of --platform-config (TensorFlow's defaults without one)",
     "inter-op-1": "inter-op pool of 1 thread: one op at a time, each using both cores",
     "intra-op-1": "intra-op pool of 1 thread: ops run single-threaded, two at a time",
     "no-onednn": "TF_ENABLE_ONEDNN_OPTS=0: Eigen kernels instead of oneDNN",
-    "xla": "serving_default called inside tf.function(jit_compile=True)",
+    "xla": "XLA: global_jit_level ON_1 in the Session's config; jit_compile=True on the loaded signature",
+    "bf16": "oneDNN bf16 auto mixed precision (auto_mixed_precision_onednn_bfloat16: ON)",
 }
+SESSION, LOADED = "Session (as TF Serving)", "tf.saved_model.load"
+
+
+def session_config(args: argparse.Namespace):
+    """The ConfigProto the Session path gets: --platform-config's, with the variant's lever applied."""
+    import tensorflow as tf
+    from pt2tf_serve.config import load_platform_config
+
+    config = tf.compat.v1.ConfigProto()
+    if args.platform_config:
+        config = load_platform_config(args.platform_config, os.cpu_count() or 1).session_config
+    if args.variant == "inter-op-1":
+        config.inter_op_parallelism_threads = 1
+    elif args.variant == "intra-op-1":
+        config.intra_op_parallelism_threads = 1
+    elif args.variant == "xla":
+        config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
+    elif args.variant == "bf16":
+        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = 1  # RewriterConfig.ON
+    return config
 
 
 def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
+    import onnxruntime
     import tensorflow as tf
+    from pt2tf_serve.servable import Servable
 
     from .repository import versions
 
-    if args.variant == "inter-op-1":
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    elif args.variant == "intra-op-1":
-        tf.config.threading.set_intra_op_parallelism_threads(1)
+    config = session_config(args)
+    try:  # the loaded-signature path runs in TensorFlow's eager context: give it the same pools
+        tf.config.threading.set_inter_op_parallelism_threads(config.inter_op_parallelism_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism_threads)
+    except RuntimeError:  # TensorFlow already ran in this process (a test): its eager pools stay
+        pass
+    if config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == 1:  # RewriterConfig.ON
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
 
     model_dir = args.models / args.model_name
     found = versions(model_dir)
     if not found:
         raise SystemExit(f"error: {model_dir} has no version — run the convert stage first")
-    loaded = tf.saved_model.load(str(model_dir / str(found[-1])))
-    serving, images = loaded.signatures["serving_default"], loaded.signatures["predict_images"]
+    number = args.version if args.version is not None else found[-1]
+    if number not in found:
+        raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
+    version = model_dir / str(number)
+    servable = Servable(args.model_name, number, version, config, ["serve"])
+    sessions = {name: servable.signatures[name] for name in ("serving_default", "predict_images")}
+    loaded = tf.saved_model.load(str(version))
+    serving = loaded.signatures["serving_default"]
     if args.variant == "xla":
         serving = tf.function(serving, jit_compile=True)
+    ort = onnxruntime_session(args.artifacts / "model.onnx")
     jpeg = next(p for p, name in zip(photo_bytes(ref), ref["photo_names"], strict=True) if name.endswith(".jpg"))
     label = f"{args.label} (TF {tf.__version__})" + ("" if args.variant == "default" else f", {args.variant}")
-    results = []
+    ort_label = f"ONNX Runtime {onnxruntime.__version__}, same process"
+
+    def session_call(signature: str, key: str, value: np.ndarray, output: str):
+        spec = sessions[signature]
+        return lambda: servable.run(spec, {key: value}, (output,))
+
+    calls = []  # (runtime, signature, path, batch, call)
     for batch in args.batch_sizes:
-        x = tf.constant(batch_of(ref["inputs"], batch))
-        m = measure(lambda x=x: serving(input=x)["output"].numpy(), batch, args.min_iters, args.min_seconds)
-        results.append({"runtime": label, "signature": "serving_default", **m})
-        if not args.images:
-            continue
-        b = tf.constant([jpeg] * batch)
-        m = measure(lambda b=b: images(image_bytes=b)["scores"].numpy(), batch, args.min_iters, args.min_seconds)
-        results.append({"runtime": label, "signature": "predict_images", **m})
+        x = batch_of(ref["inputs"], batch)
+        calls.append((ort_label, "-", "-", batch, lambda x=x: ort.run(["output"], {"input": x})))
+        calls.append((label, "serving_default", SESSION, batch, session_call("serving_default", "input", x, "output")))
+        tensor = tf.constant(x)
+        calls.append((label, "serving_default", LOADED, batch, lambda t=tensor: serving(input=t)["output"].numpy()))
+        if args.images:
+            b = np.array([jpeg] * batch, dtype=object)
+            calls.append(
+                (label, "predict_images", SESSION, batch, session_call("predict_images", "image_bytes", b, "scores"))
+            )
+    rounds: dict[tuple, list[dict]] = {}
+    for number in range(args.rounds):
+        print(f"  round {number + 1}/{args.rounds}", file=sys.stderr)
+        for runtime, signature, path, batch, call in calls:
+            m = measure(call, batch, args.min_iters, args.min_seconds)
+            rounds.setdefault((runtime, signature, path, batch), []).append(m)
+    servable.close()
+    results = []
+    for (runtime, signature, path, _), measured in rounds.items():
+        median = sorted(measured, key=lambda m: m["images_per_second"])[len(measured) // 2]
+        spread = [round(m["images_per_second"], 1) for m in measured]
+        results.append(
+            {"runtime": runtime, "signature": signature, "path": path, **median, "rounds_images_per_second": spread}
+        )
     return results
+
+
+def machine(args: argparse.Namespace) -> dict:
+    """The CPU, its relevant flags and the thread settings these figures were taken with."""
+    from pt2tf_serve.cpu import cpu_info
+
+    info = cpu_info()
+    threads = {"cores": info.cores}
+    if args.runtime == "savedmodel":
+        config = session_config(args)
+        threads |= {
+            "tensorflow_intra_op": config.intra_op_parallelism_threads or "TF default (cores)",
+            "tensorflow_inter_op": config.inter_op_parallelism_threads or "TF default (cores)",
+            "platform_config": str(args.platform_config) if args.platform_config else None,
+        }
+    if args.runtime != "pytorch":
+        threads["onnxruntime"] = "default (intra-op = cores)"
+    else:
+        import torch
+
+        threads["torch"] = torch.get_num_threads()
+    return {"cpu": info.describe(), "cpu_model": info.model, "cpu_flags": info.relevant_flags, "threads": threads}
 
 
 RUNTIMES = {"pytorch": _pytorch, "onnxruntime": _onnxruntime, "savedmodel": _savedmodel}
@@ -133,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", required=True, type=Path, help="export output (reference inputs, ONNX)")
     parser.add_argument("--models", type=Path, help="model repository base (savedmodel runtime)")
     parser.add_argument("--model-name", default="resnet18")
+    parser.add_argument("--version", type=int, help="model version to bench (default: the newest)")
     parser.add_argument("--label", default="SavedModel", help="how the table names this runtime (e.g. the lane)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--variant", choices=list(VARIANTS), default="default", help="a performance lever to apply")
+    parser.add_argument(
+        "--platform-config", type=Path, help="a TF Serving platform config file whose session config the Session gets"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (savedmodel runtime)")
     parser.add_argument("--no-images", dest="images", action="store_false", help="skip predict_images")
     parser.add_argument("--min-iters", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=3.0)
@@ -143,16 +233,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.variant == "no-onednn" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
         parser.error("--variant no-onednn needs TF_ENABLE_ONEDNN_OPTS=0 in the environment (read at TF import)")
+    if args.variant == "bf16":
+        from pt2tf_serve.cpu import bf16_refusal
+
+        refusal = bf16_refusal()
+        if refusal:
+            parser.error(f"--variant bf16: {refusal}")
     ref = load_reference(args.artifacts)
     results = RUNTIMES[args.runtime](ref, args)
     for r in results:
         print(
-            f"  {r['runtime']:<40} {r['signature']:<16} batch {r['batch']:>3}: "
+            f"  {r['runtime']:<40} {r['signature']:<16} {r.get('path', '-'):<24} batch {r['batch']:>3}: "
             f"{r['images_per_second']:7.1f} img/s, median {r['latency_ms_median']:8.1f} ms",
             file=sys.stderr,
         )
+    record = {"machine": machine(args), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -17,10 +17,15 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from .artifacts import ArtifactsError, load_reference, photo_bytes, sha256, weights_description
 from .backends import ConversionError, load_backend
+from .bf16 import PLATFORM_CONFIG as BF16_PLATFORM_CONFIG
+from .bf16 import SUFFIX as BF16_SUFFIX
+from .bf16 import Bf16Error, Bf16Thresholds, require_bf16_cpu
+from .bf16 import check as check_bf16
 from .metrics import compare
 from .progress import step
 from .repository import RepositoryError, staged_version
@@ -35,15 +40,31 @@ EXPORT_FIELDS = ("exporter", "opset", "ir_version", "weights", "seed", "weights_
 
 
 def convert(
-    lane: str, converter: str, artifacts: Path, models: Path, model_name: str, version: int | None = None
+    lane: str,
+    converter: str,
+    artifacts: Path,
+    models: Path,
+    model_name: str,
+    version: int | None = None,
+    optimize_graph: bool = True,
+    bf16: bool = False,
 ) -> Path:
-    """Convert, wrap, check and publish; return the published version directory."""
+    """Convert, optimize, wrap, check and publish; return the published version directory.
+
+    With `bf16`, the version is published under `<model_name>-bf16` for a server whose sessions
+    run oneDNN's bf16 auto mixed precision, after its bf16 parity met its own thresholds.
+    """
     import onnxruntime
     import tensorflow as tf
+    from pt2tf_serve.cpu import cpu_info
 
+    from .optimize import optimize
     from .signatures import contract_problems, save_serving_model
     from .warmup import write_warmup
 
+    if bf16:
+        require_bf16_cpu()  # before minutes of work: bf16 parity can only be measured where it runs
+        model_name = model_name if model_name.endswith(BF16_SUFFIX) else model_name + BF16_SUFFIX
     backend = load_backend(converter)
     onnx_path = artifacts / "model.onnx"
     print(f"convert for lane '{lane}' with {backend.describe()} → {models / model_name}", file=sys.stderr)
@@ -58,6 +79,11 @@ def convert(
         work = Path(work)
         with step(f"converting with {backend.NAME}"):
             converted = backend.convert(onnx_model, onnx_path, work)
+        rewrite = None
+        if optimize_graph:
+            with step("freezing the weights and removing the converter's layout transposes"):
+                converted, rewrite = optimize(converted)
+            print(f"  graph: {rewrite.summary()}", file=sys.stderr)
         with staged_version(models / model_name, version) as (staging, number):
             with step(f"wrapping behind serving_default + predict_images (version {number})"):
                 save_serving_model(converted, [str(x) for x in ref["labels"]], weights, staging)
@@ -76,6 +102,12 @@ def convert(
                         f"{backend.NAME} changed the model: the SavedModel differs from ONNX Runtime on the same "
                         f"file by {vs_ort['max_abs']:.2e} (max abs, allowed {CONVERSION_ATOL:.0e})"
                     )
+            bf16_parity = None
+            if bf16:
+                with step("bf16 parity: a Session with auto_mixed_precision_onednn_bfloat16 vs PyTorch, ONNX Runtime"):
+                    bf16_parity, failed = check_bf16(staging, onnx_path, ref, Bf16Thresholds())
+                if failed:
+                    raise ConversionError("bf16 parity is outside its thresholds:\n  " + "\n  ".join(failed))
             with step("writing warmup records and the manifest"):
                 write_warmup(staging, model_name, min(photo_bytes(ref), key=len))  # keep the file small
                 manifest = {
@@ -96,8 +128,19 @@ def convert(
                         "weights_description": weights,
                     },
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
-                    "converted_in_seconds": round(time.monotonic() - started, 1),
+                    # What pt2tf_convert.optimize did to the converter's graph (None: --no-optimize).
+                    "graph_rewrite": None if rewrite is None else asdict(rewrite),
+                    "precision": "bfloat16" if bf16 else "float32",
                 }
+                if bf16:
+                    manifest["bf16"] = {
+                        "session_config": "graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16: ON",
+                        "serve_with": f"--platform_config_file={BF16_PLATFORM_CONFIG} (or --mixed_precision=bfloat16)",
+                        "measured_on": cpu_info().describe(),
+                        "parity": bf16_parity,
+                    }
+                    manifest["thresholds"] = asdict(Bf16Thresholds())
+                manifest["converted_in_seconds"] = round(time.monotonic() - started, 1)
                 (staging / "assets.extra" / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     target = models / model_name / str(number)
     print(
@@ -118,10 +161,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", required=True, type=Path, help="model repository base directory")
     parser.add_argument("--model-name", default="resnet18")
     parser.add_argument("--version", type=int, help="version number to publish (default: the next one)")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="publish as <model-name>-bf16, for a server running oneDNN bf16 auto mixed precision "
+        "(needs avx512_bf16 or amx_bf16)",
+    )
+    parser.add_argument(
+        "--no-optimize",
+        dest="optimize",
+        action="store_false",
+        help="publish the converter's graph as it is (no freezing, no transpose removal)",
+    )
     args = parser.parse_args(argv)
     try:
-        convert(args.lane, args.converter, args.artifacts, args.models, args.model_name, args.version)
-    except (ArtifactsError, ConversionError, RepositoryError) as exc:
+        convert(
+            args.lane,
+            args.converter,
+            args.artifacts,
+            args.models,
+            args.model_name,
+            args.version,
+            optimize_graph=args.optimize,
+            bf16=args.bf16,
+        )
+    except (ArtifactsError, Bf16Error, ConversionError, RepositoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

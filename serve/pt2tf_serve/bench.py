@@ -17,7 +17,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from .cpu import cpu_info
 from .metrics import PROCESSED_BATCH_SIZE, fetch_page
 from .process import ServerProcess, config_copy, embedded_flags
 
@@ -35,13 +35,7 @@ MODEL = "resnet18"
 
 def cpu_model() -> str:
     """The CPU's model name (figures differ by 2× between the machines this runs on)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return cpu_info().model
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The config files tensorflow_model_server reads, as text-format protos: models, batching, monitoring.
+"""The config files tensorflow_model_server reads, as text-format protos: models, batching, monitoring,
+the platform config (`--platform_config_file`) and the session config (`--tensorflow_session_config_file`).
 
 A file that does not parse, or that TF Serving would refuse, fails at start with the file,
 the line and the field, so a typo never becomes a silently ignored setting.
@@ -12,9 +13,11 @@ from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
+from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from .protos import BatchingParameters, MonitoringConfig
+from .cpu import bf16_refusal
+from .protos import POOL, BatchingParameters, MonitoringConfig, PlatformConfigMap, SavedModelBundleSourceAdapterConfig
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
@@ -30,7 +33,7 @@ def parse_text_proto(path: Path, message: Message, what: str) -> Message:
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        text_format.Parse(text, message)
+        text_format.Parse(text, message, descriptor_pool=POOL)
     except text_format.ParseError as exc:
         line, column = exc.GetLine(), exc.GetColumn()
         where = f"{path}:{line}:{column}" if line else str(path)
@@ -197,3 +200,99 @@ def load_monitoring(path: Path | None) -> str | None:
     if not metrics_path.startswith("/"):
         raise ConfigError(f"{_line_of(path, 'path')}: prometheus_config.path must start with '/'")
     return metrics_path
+
+
+# ---------------------------------------------------------------------------- platform and session config
+
+ADAPTER_TYPE = "tensorflow.serving.SavedModelBundleSourceAdapterConfig"
+# SessionBundleConfig fields whose effect this server does not have: refused rather than ignored.
+UNSUPPORTED_BUNDLE_FIELDS = (
+    "session_target",
+    "session_run_load_threadpool_index",
+    "experimental_fixed_input_tensors",
+    "prefer_tflite_model",
+    "enable_per_model_batching_params",
+    "wrap_session_with_no_threading_params",
+)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How every version's Session is made, as SessionBundleConfig says it (or the flags, without one)."""
+
+    session_config: config_pb2.ConfigProto
+    batching: Batching | None
+    saved_model_tags: tuple[str, ...]
+    enable_model_warmup: bool
+    warmup_iterations: int
+
+    @property
+    def bf16(self) -> bool:
+        rewrite = self.session_config.graph_options.rewrite_options
+        return rewrite.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON
+
+
+def apply_mixed_precision(config: config_pb2.ConfigProto, mode: str, where: str) -> None:
+    """TF Serving's `mixed_precision` ("bfloat16" or empty) as the rewrite option it stands for."""
+    if mode == "bfloat16":
+        rewrite = config.graph_options.rewrite_options
+        rewrite.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    elif mode:
+        raise ConfigError(f"{where}: mixed_precision '{mode}' is not supported; the valid option is \"bfloat16\"")
+
+
+def check_bf16(settings: SessionSettings, where: str) -> None:
+    """Refuse a bf16 session config on a CPU that does not compute bf16 natively."""
+    if settings.bf16:
+        refusal = bf16_refusal()
+        if refusal:
+            raise ConfigError(f"{where} asks for bf16 (auto_mixed_precision_onednn_bfloat16): {refusal}")
+
+
+def load_session_config(path: Path) -> config_pb2.ConfigProto:
+    """A tensorflow.ConfigProto text file (`--tensorflow_session_config_file`)."""
+    return parse_text_proto(path, config_pb2.ConfigProto(), "session config file")
+
+
+def load_platform_config(path: Path, num_cores: int) -> SessionSettings:
+    """Read a PlatformConfigMap (`--platform_config_file`) as TF Serving does for the tensorflow platform.
+
+    As in TF Serving, the file then decides batching (its batching_parameters; --enable_batching
+    is ignored), the session's ConfigProto (the thread flags are ignored), the tags and warmup.
+    """
+    config = parse_text_proto(path, PlatformConfigMap(), "platform config file")
+    platforms = dict(config.platform_configs)
+    if "tensorflow" not in platforms:
+        raise ConfigError(f'{path}: no platform_configs entry with key "tensorflow", the platform served here')
+    others = sorted(set(platforms) - {"tensorflow"})
+    if others:
+        raise ConfigError(f"{_line_of(path, others[0])}: platform '{others[0]}' is not served here; only tensorflow")
+    adapter = platforms["tensorflow"].source_adapter_config
+    if adapter.type_url.rsplit("/", 1)[-1] != ADAPTER_TYPE:
+        raise ConfigError(
+            f"{_line_of(path, 'source_adapter_config')}: source_adapter_config holds "
+            f"'{adapter.type_url or 'nothing'}'; the tensorflow platform takes [type.googleapis.com/{ADAPTER_TYPE}]"
+        )
+    unpacked = SavedModelBundleSourceAdapterConfig()
+    adapter.Unpack(unpacked)
+    bundle = unpacked.legacy_config
+    for field in UNSUPPORTED_BUNDLE_FIELDS:
+        value = getattr(bundle, field)
+        is_set = bundle.HasField(field) if field == "session_run_load_threadpool_index" else bool(value)
+        if is_set:
+            raise ConfigError(f"{_line_of(path, field)}: SessionBundleConfig.{field} is not supported by pt2tf-serve")
+    session = config_pb2.ConfigProto.FromString(bundle.session_config.SerializeToString())
+    apply_mixed_precision(session, bundle.mixed_precision, _line_of(path, "mixed_precision"))
+    batching = None
+    if bundle.HasField("batching_parameters"):
+        batching = batching_from_proto(bundle.batching_parameters, str(path), num_cores)
+    iterations = bundle.model_warmup_options.num_request_iterations
+    settings = SessionSettings(
+        session_config=session,
+        batching=batching,
+        saved_model_tags=tuple(bundle.saved_model_tags) or ("serve",),
+        enable_model_warmup=bundle.enable_model_warmup,
+        warmup_iterations=iterations.value if bundle.model_warmup_options.HasField("num_request_iterations") else 1,
+    )
+    check_bf16(settings, str(path))
+    return settings

@@ -33,6 +33,14 @@ FLAGS: dict[str, tuple[type, object, str]] = {
     "enable_batching": (bool, False, "enable batching"),
     "batching_parameters_file": (str, "", "a BatchingParameters text proto; default parameters if unset"),
     "monitoring_config_file": (str, "", "a MonitoringConfig text proto"),
+    "platform_config_file": (
+        str,
+        "",
+        "a PlatformConfigMap text proto; if set, it decides batching, session config, tags and warmup "
+        "(--enable_batching, the thread flags and --tensorflow_session_config_file are ignored)",
+    ),
+    "tensorflow_session_config_file": (str, "", "a tensorflow.ConfigProto text proto for every Session"),
+    "mixed_precision": (str, "", "auto mixed precision: bfloat16 (needs avx512_bf16 or amx_bf16), or empty"),
     "enable_model_warmup": (bool, True, "replay assets.extra/tf_serving_warmup_requests before serving a version"),
     "num_request_iterations_for_warmup": (int, 1, "times each warmup request is replayed"),
     "tensorflow_intra_op_parallelism": (int, 0, "intra-op thread pool size; 0 lets TensorFlow choose"),
@@ -68,6 +76,9 @@ class Options:
     enable_batching: bool
     batching_parameters_file: str
     monitoring_config_file: str
+    platform_config_file: str
+    tensorflow_session_config_file: str
+    mixed_precision: str
     enable_model_warmup: bool
     num_request_iterations_for_warmup: int
     tensorflow_intra_op_parallelism: int
@@ -130,7 +141,7 @@ def parse_flags(argv: list[str]) -> Options:
     options = Options(**values)
     if not options.model_config_file and not options.model_base_path:
         raise FlagError("give --model_base_path=PATH (with --model_name=NAME) or --model_config_file=FILE")
-    if options.batching_parameters_file and not options.enable_batching:
+    if options.batching_parameters_file and not options.enable_batching and not options.platform_config_file:
         raise FlagError(
             "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
         )

@@ -25,7 +25,18 @@ import tensorflow as tf
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import ConfigError, load_batching, load_model_config, load_monitoring, single_model_config
+from .config import (
+    ConfigError,
+    SessionSettings,
+    apply_mixed_precision,
+    check_bf16,
+    load_batching,
+    load_model_config,
+    load_monitoring,
+    load_platform_config,
+    load_session_config,
+    single_model_config,
+)
 from .core import ServerCore
 from .core import log as _log
 from .flags import FlagError, Options, help_text, parse_flags
@@ -40,17 +51,37 @@ from .status import ServingError
 SHUTDOWN_GRACE_SECONDS = 30
 
 
-def session_config(options: Options) -> tf.compat.v1.ConfigProto:
-    """The ConfigProto every version's Session gets, from the thread flags."""
-    return tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=options.tensorflow_intra_op_parallelism,
-        inter_op_parallelism_threads=options.tensorflow_inter_op_parallelism,
+def session_settings(options: Options) -> SessionSettings:
+    """How every version's Session is made: from --platform_config_file when given, else from the flags.
+
+    As TF Serving's server.cc: without a platform config, --tensorflow_session_config_file is the base,
+    the thread flags override its pools when set, and --mixed_precision=bfloat16 turns on oneDNN's
+    bf16 auto mixed precision.
+    """
+    path = options.host_path
+    if options.platform_config_file:
+        return load_platform_config(path(options.platform_config_file), options.cores)
+    config = tf.compat.v1.ConfigProto()
+    if options.tensorflow_session_config_file:
+        config = load_session_config(path(options.tensorflow_session_config_file))
+    if options.tensorflow_intra_op_parallelism > 0 or options.tensorflow_inter_op_parallelism > 0:
+        config.intra_op_parallelism_threads = options.tensorflow_intra_op_parallelism
+        config.inter_op_parallelism_threads = options.tensorflow_inter_op_parallelism
+    apply_mixed_precision(config, options.mixed_precision, "--mixed_precision")
+    batching_file = path(options.batching_parameters_file) if options.batching_parameters_file else None
+    settings = SessionSettings(
+        session_config=config,
+        batching=load_batching(batching_file, options.cores) if options.enable_batching else None,
+        saved_model_tags=tuple(t for t in options.saved_model_tags.split(",") if t),
+        enable_model_warmup=options.enable_model_warmup,
+        warmup_iterations=max(options.num_request_iterations_for_warmup, 1),
     )
+    check_bf16(settings, "--mixed_precision" if options.mixed_precision else "--tensorflow_session_config_file")
+    return settings
 
 
-def warmup_runner(options: Options, metrics: Metrics):
+def warmup_runner(iterations: int, metrics: Metrics):
     """Replays a version's warmup records before it becomes AVAILABLE (TF Serving's saved_model_warmup)."""
-    iterations = options.num_request_iterations_for_warmup if options.num_request_iterations_for_warmup > 0 else 1
 
     def run(servable: Servable) -> None:
         started = time.monotonic()
@@ -87,10 +118,9 @@ class ModelServer:
     def __init__(self, options: Options):
         self.options = options
         self.metrics = Metrics()
-        cores = options.cores
         path = options.host_path
-        batching_file = path(options.batching_parameters_file) if options.batching_parameters_file else None
-        self.batching = load_batching(batching_file, cores) if options.enable_batching else None
+        self.settings = session_settings(options)
+        self.batching = self.settings.batching
         monitoring = path(options.monitoring_config_file) if options.monitoring_config_file else None
         self.metrics_path = load_monitoring(monitoring)
         if options.model_config_file:
@@ -107,14 +137,15 @@ class ModelServer:
         def on_batch(_queue, stats):
             self.metrics.batch(stats.input_size, stats.padded_size, stats.queuing_seconds)
 
+        settings = self.settings
         self.core = ServerCore(
-            session_config(options),
-            [t for t in options.saved_model_tags.split(",") if t],
+            settings.session_config,
+            list(settings.saved_model_tags),
             self.batching,
             options.allow_version_labels_for_unavailable_models,
             options.max_num_load_retries,
             options.load_retry_interval_micros / 1e6,
-            warmup_runner(options, self.metrics) if options.enable_model_warmup else None,
+            warmup_runner(settings.warmup_iterations, self.metrics) if settings.enable_model_warmup else None,
             on_batch=on_batch,
             host_path=options.host_path,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 from onnx import helper, numpy_helper
 from pt2tf_convert import warmup
+from pt2tf_convert.artifacts import load_reference
 from pt2tf_convert.backends import ConversionError, load_backend
 from pt2tf_convert.convert import MANIFEST_FILE, convert
 from pt2tf_convert.repository import RepositoryError, staged_version, versions
@@ -253,23 +255,34 @@ def test_resize_follows_torchvision_shorter_side_rule(height, width, expected):
 
 def test_bench_measures_both_signatures_and_the_table_compares_to_onnxruntime(published, artifacts, tmp_path):
     from pt2tf_convert import bench, bench_table
+    from pt2tf_serve.cpu import cpu_info
 
     models, _ = published
     common = ["--artifacts", str(artifacts), "--batch-sizes", "1", "2", "--min-iters", "2", "--min-seconds", "0"]
     assert bench.main(["--runtime", "onnxruntime", *common, "--out", str(tmp_path / "b" / "ort.json")]) == 0
-    saved = ["--runtime", "savedmodel", "--models", str(models), "--label", "lane x", *common]
-    assert bench.main([*saved, "--out", str(tmp_path / "b" / "sm.json")]) == 0
-    results = json.loads((tmp_path / "b" / "sm.json").read_text())
-    assert sorted((r["signature"], r["batch"]) for r in results) == [
-        ("predict_images", 1),
-        ("predict_images", 2),
-        ("serving_default", 1),
-        ("serving_default", 2),
+    saved = ["--runtime", "savedmodel", "--models", str(models), "--label", "lane x", "--rounds", "2", *common]
+    platform = Path(__file__).resolve().parents[2] / "docker" / "config" / "platform.config"
+    assert bench.main([*saved, "--platform-config", str(platform), "--out", str(tmp_path / "b" / "sm.json")]) == 0
+    record = json.loads((tmp_path / "b" / "sm.json").read_text())
+    results = record["results"]
+    assert sorted((r["signature"], r["path"], r["batch"]) for r in results) == [
+        ("-", "-", 1),  # ONNX Runtime in the same process, interleaved
+        ("-", "-", 2),
+        ("predict_images", bench.SESSION, 1),
+        ("predict_images", bench.SESSION, 2),
+        ("serving_default", bench.SESSION, 1),
+        ("serving_default", bench.SESSION, 2),
+        ("serving_default", bench.LOADED, 1),
+        ("serving_default", bench.LOADED, 2),
     ]
     assert all(r["images_per_second"] > 0 and r["calls"] >= 2 for r in results)
+    assert all(len(r["rounds_images_per_second"]) == 2 for r in results)
+    assert record["machine"]["threads"]["tensorflow_intra_op"] == 2  # from the platform config
     assert bench_table.main([str(tmp_path / "b")]) == 0
     text = (tmp_path / "b.md").read_text()
     assert "best-batch throughput" in text and "batch-1 latency" in text and "ONNX Runtime" in text
+    assert f"lane x (TF {tf.__version__}), {bench.SESSION}: best-batch" in text
+    assert f"CPU: {cpu_info().describe()}" in text  # model, cores, the AVX-512/AMX/bf16 flags it has and lacks
 
 
 def test_the_contract_check_names_every_difference(tmp_path):
@@ -284,3 +297,107 @@ def test_the_contract_check_names_every_difference(tmp_path):
     assert "signatures are ['serving_default'], the contract has ['predict_images', 'serving_default']" in problems
     assert "serving_default input 'input' is ('float32', (1, 3, 224, 224)), the contract says " in "\n".join(problems)
     assert "serving_default outputs are ['logits'], the contract has ['output']" in problems
+
+
+# ---------------------------------------------------------------------------- graph rewrites and bf16
+
+
+def _graph(build) -> tuple:
+    """A GraphDef of `build(x)` for x float32 [2, 3, 4, 5], and its input and output tensor names."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [2, 3, 4, 5], name="x")
+        y = tf.identity(build(x), name="y")
+    return graph.as_graph_def(), x.name, y.name
+
+
+def _run(graph_def, input_name: str, output_name: str, value: np.ndarray) -> np.ndarray:
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run(output_name, {input_name: value})
+
+
+def test_transposes_around_elementwise_ops_cancel_and_the_numbers_stay_the_same():
+    from pt2tf_convert.optimize import sink_transposes
+
+    bias = np.arange(3, dtype=np.float32).reshape(1, 3, 1, 1)
+
+    def build(x):  # onnx2tf's residual pattern: to NCHW, add, relu, back to NHWC
+        a = tf.transpose(x, [0, 3, 1, 2])
+        b = tf.transpose(x * 2.0, [0, 3, 1, 2])
+        summed = tf.nn.relu(tf.add(a, b) + tf.constant(np.resize(bias, (1, 5, 1, 1))))
+        return tf.transpose(summed, [0, 2, 3, 1])
+
+    graph_def, x, y = _graph(build)
+    rewritten, sunk, cancelled = sink_transposes(graph_def, [y])
+    assert [n.op for n in rewritten.node].count("Transpose") == 0 and cancelled >= 1 and sunk >= 1
+    value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    # Grappler may sum the two Adds in another order in each graph: float rounding, nothing more
+    np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-6)
+
+
+def test_a_transpose_that_meets_no_inverse_is_kept():
+    from pt2tf_convert.optimize import sink_transposes
+
+    graph_def, x, y = _graph(lambda x: tf.nn.relu(tf.transpose(x, [0, 3, 1, 2])))
+    rewritten, _, cancelled = sink_transposes(graph_def, [y])
+    assert [n.op for n in rewritten.node].count("Transpose") == 1 and cancelled == 0
+    value = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
+
+
+def test_the_published_graph_is_frozen_and_keeps_no_layout_transposes(published):
+    _, version_dir = published
+    rewrite = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())["graph_rewrite"]
+    before, after = rewrite["ops_before"].get("Transpose", 0), rewrite["ops_after"].get("Transpose", 0)
+    # Left: NCHW → NHWC at the input, and at most one before the final pooling (onnx-tf: 63 → 2).
+    assert after <= min(before, 2), f"transposes {before} → {after}"
+    assert "VarHandleOp" not in rewrite["ops_after"] and "ReadVariableOp" not in rewrite["ops_after"]
+
+
+def test_no_optimize_publishes_the_converters_graph(lane, artifacts, tmp_path):
+    version_dir = convert(lane.name, lane.converter, artifacts, tmp_path, "resnet18", optimize_graph=False)
+    manifest = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())
+    assert manifest["graph_rewrite"] is None and manifest["precision"] == "float32"
+
+
+def test_the_bf16_variant_is_its_own_model_with_its_own_measured_thresholds(lane, artifacts, tmp_path):
+    from pt2tf_convert import bf16
+    from pt2tf_serve.cpu import cpu_info
+
+    if not cpu_info().bf16:
+        pytest.skip(f"{cpu_info().describe()}: bf16 variants are refused here (see the next test)")
+    version_dir = convert(lane.name, lane.converter, artifacts, tmp_path / "models", "resnet18", bf16=True)
+    assert version_dir == tmp_path / "models" / "resnet18-bf16" / "1"
+    manifest = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())
+    assert manifest["precision"] == "bfloat16" and manifest["model_name"] == "resnet18-bf16"
+    assert manifest["thresholds"] == asdict(bf16.Bf16Thresholds())
+    assert "auto_mixed_precision_onednn_bfloat16: ON" in manifest["bf16"]["session_config"]
+    measured = manifest["bf16"]["parity"]["1"]["pytorch_vs_savedmodel_bf16"]
+    # bf16 really ran: its error is far above fp32's (≈1e-6 relative), and within its own bound
+    assert 1e-4 < measured["max_rel"] <= bf16.Bf16Thresholds().max_rel
+    reports = tmp_path / "reports"
+    common = ["--lane", lane.name, "--artifacts", str(artifacts), "--models", str(tmp_path / "models")]
+    assert bf16.main([*common, "--reports", str(reports)]) == 0
+    report = json.loads((reports / "parity-bf16.json").read_text())
+    assert report["passed"] and set(report["parity"]) == {"1", "3", "8"}
+    # a threshold tighter than bf16 can meet fails, naming it
+    tight = bf16.Bf16Thresholds(max_rel=1e-6)
+    _, failed = bf16.check(version_dir, artifacts / "model.onnx", load_reference(artifacts), tight)
+    assert failed and all("relative error" in line for line in failed)
+
+
+def test_bf16_on_a_cpu_without_bf16_is_refused_before_any_work(lane, artifacts, tmp_path, monkeypatch):
+    from pt2tf_convert.bf16 import Bf16Error
+    from pt2tf_serve import cpu
+
+    # A CPU without bf16 cannot be had on this machine: its /proc/cpuinfo is written here instead.
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("model name\t: Xeon without bf16\nflags\t\t: avx2 avx512f\n")
+    real = cpu.cpu_info
+    monkeypatch.setattr(cpu, "cpu_info", lambda: real(fake))
+    with pytest.raises(Bf16Error, match=r"avx512_bf16 or amx_bf16 .*\(Xeon without bf16\)"):
+        convert(lane.name, lane.converter, artifacts, tmp_path / "models", "resnet18", bf16=True)
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").rglob("saved_model.pb"))

@@ -27,11 +27,18 @@ from pt2tf_serve.config import (
     load_batching,
     load_model_config,
     load_monitoring,
+    load_platform_config,
 )
+from pt2tf_serve.cpu import bf16_refusal, cpu_info
 from pt2tf_serve.flags import FlagError, parse_flags
 from pt2tf_serve.json_tensor import decode_json, inputs_from_json, predict_response
 from pt2tf_serve.metrics import Metrics
-from pt2tf_serve.protos import BatchingParameters, MonitoringConfig
+from pt2tf_serve.protos import (
+    BatchingParameters,
+    MonitoringConfig,
+    PlatformConfigMap,
+    SavedModelBundleSourceAdapterConfig,
+)
 from pt2tf_serve.servable import Signature, TensorSpec
 from pt2tf_serve.status import ServingError
 
@@ -962,3 +969,182 @@ def test_predict_response_strings_are_text_or_b64_for_bytes_outputs():
             {"classes": "čaj", "image_bytes": {"b64": "/w=="}},
         ]
     }
+
+
+# ---------------------------------------------------------------------------- platform and session config
+
+PLATFORM = """platform_configs {{
+  key: "tensorflow"
+  value {{
+    source_adapter_config {{
+      [type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] {{
+        legacy_config {{
+{body}
+        }}
+      }}
+    }}
+  }}
+}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _onednn_on(monkeypatch):
+    # pt2tf-client's main() sets TF_ENABLE_ONEDNN_OPTS=0 for its own process; client tests that call it
+    # in this process leave it in os.environ, and bf16 is refused without oneDNN.
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+
+
+def _platform(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "platform.config"
+    path.write_text(PLATFORM.format(body=body))
+    return path
+
+
+def test_a_platform_config_sets_session_config_batching_tags_and_warmup(tmp_path):
+    path = _platform(
+        tmp_path,
+        """          session_config { intra_op_parallelism_threads: 3 inter_op_parallelism_threads: 1
+            graph_options { rewrite_options { remapping: OFF } } }
+          batching_parameters { max_batch_size { value: 16 } num_batch_threads { value: 1 } }
+          saved_model_tags: "serve"
+          enable_model_warmup: true
+          model_warmup_options { num_request_iterations { value: 3 } }""",
+    )
+    settings = load_platform_config(path, num_cores=2)
+    assert settings.session_config.intra_op_parallelism_threads == 3
+    assert settings.session_config.inter_op_parallelism_threads == 1
+    assert settings.session_config.graph_options.rewrite_options.remapping == 2  # RewriterConfig.OFF
+    assert (settings.batching.max_batch_size, settings.batching.num_batch_threads) == (16, 1)
+    assert settings.saved_model_tags == ("serve",)
+    assert (settings.enable_model_warmup, settings.warmup_iterations) == (True, 3)
+    assert not settings.bf16
+
+
+def test_without_batching_parameters_a_platform_config_serves_unbatched_and_without_warmup(tmp_path):
+    settings = load_platform_config(_platform(tmp_path, "          session_config { }"), num_cores=2)
+    assert settings.batching is None and settings.enable_model_warmup is False  # TF Serving's defaults
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "named"),
+    [
+        ("          session_config { intra_op_threads: 2 }", 7, "intra_op_threads"),
+        ("          batching_parameters { max_batch_size: 16 }", 7, "max_batch_size"),
+        ("          mixed_precision: bfloat16", 7, "mixed_precision"),
+    ],
+    ids=["unknown-field", "wrapper-without-value", "unquoted-string"],
+)
+def test_a_bad_field_in_a_platform_config_names_file_line_and_field(tmp_path, body, line, named):
+    path = _platform(tmp_path, body)
+    with pytest.raises(ConfigError, match=rf"^{path}:{line}:\d+: invalid platform config file .*{named}"):
+        load_platform_config(path, num_cores=2)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('platform_configs { key: "tflite" value { } }', r'no platform_configs entry with key "tensorflow"'),
+        (
+            'platform_configs { key: "tensorflow" value { source_adapter_config {\n'
+            "  [type.googleapis.com/tensorflow.serving.SessionBundleConfig] { enable_model_warmup: true } } } }",
+            r":1: source_adapter_config holds 'type.googleapis.com/tensorflow.serving.SessionBundleConfig'",
+        ),
+        (PLATFORM.format(body='          session_target: "grpc://x"'), r":7: SessionBundleConfig.session_target is"),
+        (PLATFORM.format(body='          mixed_precision: "float16"'), r"mixed_precision 'float16' is not supported"),
+    ],
+    ids=["no-tensorflow-platform", "wrong-adapter", "unsupported-field", "unknown-mixed-precision"],
+)
+def test_a_platform_config_pt2tf_serve_cannot_honour_is_refused(tmp_path, text, expected):
+    path = tmp_path / "platform.config"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_platform_config(path, num_cores=2)
+
+
+@pytest.mark.parametrize("name", ["platform.config", "platform-bf16.config"])
+def test_the_repositorys_platform_configs_parse_and_match_server_flags(name):
+    settings = load_platform_config(DOCKER_CONFIG / name, num_cores=2)
+    assert settings.batching == load_batching(DOCKER_CONFIG / "batching.config", 2)
+    config = settings.session_config
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (2, 2)
+    assert settings.bf16 == (name == "platform-bf16.config")
+
+
+def test_the_platform_config_reaches_every_versions_session(tmp_path):
+    from pt2tf_serve.servable import Servable
+    from pt2tf_serve.server import ModelServer
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * 2.0}
+
+    module = Tiny()
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"), signatures={"serving_default": module.serve})
+    path = _platform(tmp_path, "          session_config { intra_op_parallelism_threads: 1 }")
+    server = ModelServer(parse_flags([f"--model_base_path={tmp_path / 'm'}", f"--platform_config_file={path}"]))
+    assert server.core._session_config.intra_op_parallelism_threads == 1
+    servable = Servable("m", 1, tmp_path / "m" / "1", server.core._session_config, ["serve"])
+    try:
+        assert servable.session._config == server.settings.session_config
+        signature = servable.signatures["serving_default"]
+        assert servable.run(signature, {"x": np.array([1.5], np.float32)}, ("y",))["y"].tolist() == [3.0]
+    finally:
+        servable.close()
+
+
+def test_without_a_platform_config_the_flags_and_session_config_file_make_the_session(tmp_path):
+    from pt2tf_serve.server import session_settings
+
+    session_file = tmp_path / "session.config"
+    session_file.write_text("intra_op_parallelism_threads: 5\nallow_soft_placement: true\n")
+    options = parse_flags(
+        [*BASE, f"--tensorflow_session_config_file={session_file}", "--tensorflow_inter_op_parallelism=1"]
+    )
+    config = session_settings(options).session_config
+    # As TF Serving: a thread flag set overrides both pools of the file (0 lets TensorFlow choose).
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (0, 1)
+    assert config.allow_soft_placement
+
+
+def test_mixed_precision_bfloat16_is_the_onednn_rewrite_option_and_other_modes_are_refused():
+    from pt2tf_serve.server import session_settings
+
+    if cpu_info().bf16:
+        settings = session_settings(parse_flags([*BASE, "--mixed_precision=bfloat16"]))
+        assert settings.bf16
+    with pytest.raises(ConfigError, match="mixed_precision 'fp16' is not supported"):
+        session_settings(parse_flags([*BASE, "--mixed_precision=fp16"]))
+
+
+def test_bf16_is_refused_with_a_clear_message_on_a_cpu_without_bf16(tmp_path):
+    # A CPU without bf16 cannot be had on this machine: its /proc/cpuinfo is written here instead.
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("model name\t: Old Xeon\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    old = cpu_info(fake)
+    assert not old.bf16 and old.relevant_flags == ["avx2", "avx512f"]
+    refusal = bf16_refusal(old)
+    assert "avx512_bf16 or amx_bf16" in refusal and "Old Xeon" in refusal and "fp32" in refusal
+    new = tmp_path / "cpuinfo-amx"
+    new.write_text("model name\t: Xeon SPR\nflags\t\t: avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert bf16_refusal(cpu_info(new)) is None
+
+
+def test_bf16_is_refused_when_onednn_is_off(tmp_path, monkeypatch):
+    # Without oneDNN, Grappler skips the bf16 rewrite and the server would run fp32 while claiming bf16.
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    with pytest.raises(ConfigError, match="TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off"):
+        load_platform_config(DOCKER_CONFIG / "platform-bf16.config", num_cores=2)
+    load_platform_config(DOCKER_CONFIG / "platform.config", num_cores=2)  # fp32 needs no oneDNN
+
+
+def test_platform_config_map_is_tf_servings_message():
+    assert PlatformConfigMap.DESCRIPTOR.full_name == "tensorflow.serving.PlatformConfigMap"
+    adapter = SavedModelBundleSourceAdapterConfig.DESCRIPTOR
+    assert adapter.fields_by_name["legacy_config"].number == 1000
+    bundle = adapter.fields_by_name["legacy_config"].message_type
+    numbers = {f.name: f.number for f in bundle.fields}
+    assert numbers["session_config"] == 2 and numbers["batching_parameters"] == 3
+    assert numbers["enable_model_warmup"] == 779 and numbers["mixed_precision"] == 791
+    assert bundle.fields_by_name["session_config"].message_type.full_name == "tensorflow.ConfigProto"

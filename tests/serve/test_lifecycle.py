@@ -241,3 +241,25 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(own_repository, expect
         assert "stopping: no new requests" in server.log()
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("platform", ["platform.config", "platform-bf16.config"])
+def test_a_platform_config_file_gives_every_session_its_config(own_repository, expected, tmp_path, platform):
+    from pt2tf_serve.cpu import cpu_info
+
+    bf16 = platform == "platform-bf16.config"
+    if bf16 and not cpu_info().bf16:
+        pytest.skip(f"{cpu_info().describe()}: the server refuses bf16 here (tested in test_flags_config_batching)")
+    config = config_copy(tmp_path / "config")
+    flags = embedded_flags(config, own_repository, f"--platform_config_file=/config/{platform}")
+    # oneDNN on whatever an earlier test left in this process's environment (pt2tf-client turns it off)
+    with ServerProcess(flags, env={"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "1"}) as server:
+        with RestClient(server.rest_url, timeout=60) as rest:
+            served = rest.predict(MODEL, {"input": expected.tensors[:2]})["output"]
+        log = server.log()
+    difference = np.abs(np.asarray(served) - expected.logits[:2]).max()
+    if bf16:  # bf16 really ran in the served Session: off by far more than fp32, within its bound
+        assert "Running auto_mixed_precision_onednn_bfloat16 graph optimizer" in log
+        assert 1e-4 < difference <= 0.02 * np.abs(expected.logits).max(), f"{difference}; server log:\n{log[-3000:]}"
+    else:
+        assert "auto_mixed_precision" not in log and difference <= 2e-4

@@ -1,0 +1,454 @@
+"""Graph rewrites applied to a converted model before it is wrapped, chosen from a profile.
+
+`nox -s profile` showed where a Session's time went on the converted ResNet18 (reports/profile/):
+onnx2tf wraps every residual Add in a Transpose pair (NHWC → NCHW → NHWC), 20 of which run per
+call and keep Grappler's remapper from fusing the Add and the Relu into the convolution.
+Transposes are layout bookkeeping, not maths, so this module:
+
+1. freezes the converted graph (variables become constants, nested functions are inlined), so
+   Grappler can fold weight-side work once at load instead of on every call;
+2. sinks every Transpose below the elementwise ops it feeds (Add, Relu, ...: applying them before or
+   after a transpose computes the same values) and cancels each pair that meets its
+   inverse, until no pair is left to cancel;
+3. writes a per-channel constant added to a convolution as BiasAdd, the pattern Grappler's remapper
+   fuses (with the residual Add and the Relu) into one oneDNN convolution.
+
+The result is a plain GraphDef imported into the serving function, so the rewrite lives in the
+SavedModel and every server that loads it (TF Serving included) runs the leaner graph.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2, node_def_pb2
+
+from .signatures import CROP, ConvertedModel
+
+# Elementwise ops for which op(transpose(x)) == transpose(op(x)), value for value.
+UNARY = {"Relu", "Relu6", "Identity", "Neg", "Sigmoid", "Tanh", "Elu", "Selu"}
+BINARY = {"Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum", "RealDiv", "BiasAdd"}
+PADS = {"Pad", "PadV2", "MirrorPad"}
+# Ops that only compute shapes and amounts when all their inputs are constants.
+SHAPE_ARITHMETIC = {"Pack", "StridedSlice", "Add", "AddV2", "Sub", "Mul", "Cast", "Reshape", "ConcatV2", "Range"}
+# Constants at least this large are weights, stored once in the SavedModel rather than in each function.
+WEIGHT_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """What optimize() did: op counts before and after, and how many transposes it removed."""
+
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    transposes_sunk: int
+    transpose_pairs_cancelled: int
+    bias_adds: int
+    pads_folded: int
+
+    def summary(self) -> str:
+        before, after = self.ops_before.get("Transpose", 0), self.ops_after.get("Transpose", 0)
+        return (
+            f"{before} → {after} Transpose ops ({self.transpose_pairs_cancelled} inverse pairs cancelled), "
+            f"{self.pads_folded} Pad folded into Conv2D padding, {self.bias_adds} Add → BiasAdd"
+        )
+
+
+def _split(name: str) -> tuple[str, int]:
+    """'node:1' → ('node', 1); 'node' → ('node', 0); control inputs are not passed here."""
+    node, _, port = name.partition(":")
+    return node, int(port) if port else 0
+
+
+class _Graph:
+    """A GraphDef as a mutable name → NodeDef map with helpers for rewiring."""
+
+    def __init__(self, graph_def: graph_pb2.GraphDef, keep: set[str]):
+        self.graph_def = graph_def
+        self.nodes = {n.name: n for n in graph_def.node}
+        self.keep = keep
+        self._fresh = 0
+
+    def const_value(self, name: str) -> np.ndarray | None:
+        node = self.nodes.get(_split(name)[0])
+        if node is None or node.op != "Const":
+            return None
+        return tf.make_ndarray(node.attr["value"].tensor)
+
+    def perm(self, node: node_def_pb2.NodeDef) -> tuple[int, ...] | None:
+        value = self.const_value(node.input[1])
+        return None if value is None else tuple(int(v) for v in value)
+
+    def producer(self, name: str) -> node_def_pb2.NodeDef | None:
+        node, port = _split(name)
+        found = self.nodes.get(node)
+        return found if found is not None and port == 0 else None
+
+    def transpose_input(self, name: str) -> tuple[str, tuple[int, ...]] | None:
+        """(x, perm) when `name` is the output of Transpose(x, constant perm)."""
+        node = self.producer(name)
+        if node is None or node.op != "Transpose":
+            return None
+        perm = self.perm(node)
+        return None if perm is None else (node.input[0], perm)
+
+    def add_node(self, op: str, name: str, inputs: list[str], attrs: dict) -> node_def_pb2.NodeDef:
+        self._fresh += 1
+        node = self.graph_def.node.add(op=op, name=f"{name}/pt2tf_{self._fresh}", input=inputs)
+        for key, value in attrs.items():
+            node.attr[key].CopyFrom(value)
+        self.nodes[node.name] = node
+        return node
+
+    def add_const(self, name: str, value: np.ndarray) -> str:
+        node = self.add_node("Const", name, [], {})
+        node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+        return node.name
+
+    def consumers(self, name: str) -> list[node_def_pb2.NodeDef]:
+        """Nodes reading output 0 of node `name` as data."""
+        return [
+            node
+            for node in self.graph_def.node
+            if any(not i.startswith("^") and _split(i) == (name, 0) for i in node.input)
+        ]
+
+    def rewire(self, old: str, new: str, skip: node_def_pb2.NodeDef) -> None:
+        """Every consumer of tensor `old` (port 0) reads `new` instead, except `skip`."""
+        for node in self.graph_def.node:
+            if node is skip:
+                continue
+            for i, name in enumerate(node.input):
+                if not name.startswith("^") and _split(name) == (old, 0):
+                    node.input[i] = new
+
+    def prune(self) -> None:
+        """Drop nodes nothing kept depends on."""
+        live, stack = set(), list(self.keep)
+        while stack:
+            name = stack.pop()
+            if name in live or name not in self.nodes:
+                continue
+            live.add(name)
+            stack.extend(_split(i.lstrip("^"))[0] for i in self.nodes[name].input)
+        kept = [n for n in self.graph_def.node if n.name in live]
+        del self.graph_def.node[:]
+        self.graph_def.node.extend(kept)
+        self.nodes = {n.name: n for n in self.graph_def.node}
+
+
+def _broadcast_transposed(value: np.ndarray, perm: tuple[int, ...]) -> np.ndarray | None:
+    """A constant c with op(transpose(x, perm), c) == transpose(op(x, c'), perm): c' returned, or None."""
+    if value.ndim > len(perm):
+        return None
+    full = value.reshape((1,) * (len(perm) - value.ndim) + value.shape)
+    inverse = tuple(int(i) for i in np.argsort(perm))
+    return np.ascontiguousarray(np.transpose(full, inverse))
+
+
+def _sink_below_pad(graph: _Graph, node: node_def_pb2.NodeDef) -> bool:
+    """Pad(Transpose(x, p), paddings) → Transpose(Pad(x, paddings permuted back), p).
+
+    Only where every consumer of the Pad is a Transpose (which then meets its inverse): a Pad that
+    feeds a convolution directly is one Grappler fuses into it, and stays where it is.
+    """
+    source = graph.transpose_input(node.input[0])
+    paddings = graph.const_value(node.input[1])
+    if source is None or paddings is None or len(paddings) != len(source[1]):
+        return False
+    consumers = graph.consumers(node.name)
+    if not consumers or any(c.op != "Transpose" for c in consumers):
+        return False
+    x, perm = source
+    moved = graph.add_const(node.name + "/paddings", np.ascontiguousarray(paddings[np.argsort(perm)]))
+    node.input[0], node.input[1] = x, moved
+    node.attr.pop("_output_shapes", None)
+    perm_const = graph.add_const(node.name + "/perm", np.array(perm, dtype=np.int32))
+    attrs = {"T": node.attr["T"], "Tperm": tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum)}
+    moved_transpose = graph.add_node("Transpose", node.name, [node.name, perm_const], attrs)
+    graph.rewire(node.name, moved_transpose.name, skip=moved_transpose)
+    return True
+
+
+def _sink_once(graph: _Graph) -> bool:
+    """Move one Transpose below one elementwise op or Pad; True if something changed."""
+    for node in list(graph.graph_def.node):
+        if node.name in graph.keep:
+            continue
+        if node.op in PADS:
+            if _sink_below_pad(graph, node):
+                return True
+            continue
+        if node.op not in UNARY | BINARY:
+            continue
+        data = [i for i in node.input if not i.startswith("^")]
+        sources = [graph.transpose_input(i) for i in data]
+        perms = {s[1] for s in sources if s is not None}
+        if len(perms) != 1:
+            continue
+        perm = perms.pop()
+        new_inputs = []
+        for name, source in zip(data, sources, strict=True):
+            if source is not None:
+                new_inputs.append(source[0])
+                continue
+            value = graph.const_value(name)
+            moved = None if value is None or node.op == "BiasAdd" else _broadcast_transposed(value, perm)
+            if moved is None:
+                break
+            new_inputs.append(graph.add_const(node.name + "/operand", moved))
+        else:
+            controls = [i for i in node.input if i.startswith("^")]
+            del node.input[:]
+            node.input.extend(new_inputs + controls)
+            node.attr.pop("_output_shapes", None)
+            perm_const = graph.add_const(node.name + "/perm", np.array(perm, dtype=np.int32))
+            attrs = {"T": node.attr["T"], "Tperm": tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum)}
+            moved_transpose = graph.add_node("Transpose", node.name, [node.name, perm_const], attrs)
+            graph.rewire(node.name, moved_transpose.name, skip=moved_transpose)
+            return True
+    return False
+
+
+def _bypass_identities(graph: _Graph) -> int:
+    """Consumers of Identity(x) read x (onnx-tf's graphs carry one per tensor); returns how many."""
+    bypassed = 0
+    for node in list(graph.graph_def.node):
+        single = len(node.input) == 1 and not node.input[0].startswith("^")
+        if node.op == "Identity" and node.name not in graph.keep and single:
+            graph.rewire(node.name, node.input[0], skip=node)
+            bypassed += 1
+    return bypassed
+
+
+def _fold_layout_constants(graph: _Graph) -> int:
+    """Transpose(constant) becomes a constant, Split into one part its input; returns how many.
+
+    onnx-tf transposes every filter from OIHW to HWIO and splits it into `group` parts on each
+    call; Grappler would fold that too, but only at load, and the filter must be a constant here
+    for the BiasAdd rewrite to see its channel count.
+    """
+    folded = 0
+    for node in list(graph.graph_def.node):
+        if node.name in graph.keep:
+            continue
+        if node.op == "Transpose":
+            value, perm = graph.const_value(node.input[0]), graph.perm(node)
+            if value is None or perm is None:
+                continue
+            result = np.ascontiguousarray(np.transpose(value, perm))
+            node.op = "Const"
+            del node.input[:]
+            node.ClearField("attr")
+            node.attr["dtype"].type = tf.as_dtype(result.dtype).as_datatype_enum
+            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(result))
+            folded += 1
+        elif node.op == "Split" and node.attr["num_split"].i == 1:
+            graph.rewire(node.name, node.input[1], skip=node)
+            folded += 1
+    return folded
+
+
+def _fold_shape_arithmetic(graph: _Graph) -> int:
+    """Small ops computed from constants only (onnx-tf's pad amounts) become constants; returns how many.
+
+    A Pad whose amounts are a Pack of StridedSlices of constants is still a constant Pad; folded
+    here, a transpose can be sunk below it like below any other.
+    """
+    folded = 0
+    for node in list(graph.graph_def.node):
+        if node.op not in SHAPE_ARITHMETIC or node.name in graph.keep or any(i.startswith("^") for i in node.input):
+            continue
+        values = [graph.const_value(i) for i in node.input]
+        if not values or any(v is None for v in values) or any(_split(i)[1] for i in node.input):
+            continue
+        subgraph = graph_pb2.GraphDef()
+        subgraph.node.extend([graph.nodes[_split(i)[0]] for i in dict.fromkeys(node.input)] + [node])
+        with tf.Graph().as_default() as evaluation:
+            tf.graph_util.import_graph_def(subgraph, name="")
+        with tf.compat.v1.Session(graph=evaluation) as session:
+            result = np.asarray(session.run(f"{node.name}:0"))
+        if result.nbytes >= WEIGHT_BYTES:
+            continue
+        node.op = "Const"
+        del node.input[:]
+        node.ClearField("attr")
+        node.attr["dtype"].type = tf.as_dtype(result.dtype).as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(result))
+        folded += 1
+    return folded
+
+
+def _cancel_pairs(graph: _Graph) -> int:
+    """Transpose(Transpose(x, a), b) with a∘b the identity reads x directly; returns how many."""
+    cancelled = 0
+    for node in list(graph.graph_def.node):
+        if node.op != "Transpose" or node.name in graph.keep:
+            continue
+        outer = graph.perm(node)
+        inner = graph.transpose_input(node.input[0])
+        if outer is None or inner is None:
+            continue
+        source, inner_perm = inner
+        if tuple(inner_perm[i] for i in outer) == tuple(range(len(outer))):
+            graph.rewire(node.name, source, skip=node)
+            cancelled += 1
+    return cancelled
+
+
+def _fold_pads(graph: _Graph) -> int:
+    """Pad(x) → Conv2D(VALID) becomes Conv2D(x) with the padding in its attributes; returns how many.
+
+    A stride-1 convolution padded by (k - 1) / 2 on each side is SAME; any other zero padding of
+    the spatial axes is EXPLICIT. Either way Grappler's remapper can fuse the convolution with its
+    BiasAdd, residual Add and Relu, which it does not do for a Pad-fused one.
+    """
+    folded = 0
+    for conv in graph.graph_def.node:
+        if (
+            conv.op != "Conv2D"
+            or conv.attr["padding"].s != b"VALID"
+            or conv.attr["data_format"].s not in (b"", b"NHWC")
+        ):
+            continue
+        pad = graph.producer(conv.input[0])
+        if pad is None or pad.op not in ("Pad", "PadV2"):
+            continue
+        paddings, filters = graph.const_value(pad.input[1]), graph.const_value(conv.input[1])
+        fill = graph.const_value(pad.input[2]) if pad.op == "PadV2" else np.zeros(())
+        if paddings is None or filters is None or fill is None or np.any(fill != 0) or paddings.shape != (4, 2):
+            continue
+        if np.any(paddings[[0, 3]] != 0):
+            continue
+        strides, dilations = list(conv.attr["strides"].list.i), list(conv.attr["dilations"].list.i) or [1, 1, 1, 1]
+        kernel = filters.shape[:2]
+        same = all(
+            strides[axis + 1] == 1
+            and dilations[axis + 1] == 1
+            and (kernel[axis] - 1) == 2 * paddings[axis + 1][0]
+            and paddings[axis + 1][0] == paddings[axis + 1][1]
+            for axis in (0, 1)
+        )
+        conv.input[0] = pad.input[0]
+        conv.attr.pop("_output_shapes", None)
+        if same:
+            conv.attr["padding"].s = b"SAME"
+        else:
+            conv.attr["padding"].s = b"EXPLICIT"
+            conv.attr["explicit_paddings"].list.i.extend(int(v) for v in paddings.reshape(-1))
+        folded += 1
+    return folded
+
+
+def _bias_adds(graph: _Graph) -> int:
+    """Add(conv, per-channel constant) → BiasAdd; returns how many.
+
+    Grappler's arithmetic optimizer merges Add(Add(conv, bias), shortcut) into one AddN, which its
+    remapper cannot fuse into the convolution; BiasAdd(conv) + shortcut + Relu it fuses into one op.
+    """
+    rewritten = 0
+    for node in graph.graph_def.node:
+        if node.op not in ("Add", "AddV2") or len(node.input) != 2:
+            continue
+        for data, other in (node.input, reversed(node.input)):
+            producer = graph.producer(data)
+            value = graph.const_value(other)
+            if producer is None or value is None or producer.op not in ("Conv2D", "MatMul"):
+                continue
+            if producer.op == "Conv2D" and producer.attr["data_format"].s not in (b"", b"NHWC"):
+                continue
+            weights = graph.const_value(producer.input[1])
+            transposed = producer.op == "MatMul" and producer.attr["transpose_b"].b
+            channels = None if weights is None else weights.shape[0 if transposed else -1]
+            if value.ndim == 0 or any(d != 1 for d in value.shape[:-1]) or value.shape[-1] != channels:
+                continue
+            bias = graph.add_const(node.name + "/bias", np.ascontiguousarray(value.reshape(-1)))
+            del node.input[:]
+            node.input.extend([data, bias])
+            node.op = "BiasAdd"
+            node.attr.pop("_output_shapes", None)
+            node.attr["data_format"].s = b"NHWC"
+            rewritten += 1
+            break
+    return rewritten
+
+
+def sink_transposes(graph_def: graph_pb2.GraphDef, outputs: list[str]) -> tuple[graph_pb2.GraphDef, int, int]:
+    """The graph with transposes sunk below elementwise ops and inverse pairs cancelled."""
+    result = graph_pb2.GraphDef()
+    result.CopyFrom(graph_def)
+    graph = _Graph(result, {_split(o)[0] for o in outputs})
+    sunk = cancelled = 0
+    while True:
+        _bypass_identities(graph)
+        _fold_layout_constants(graph)
+        _fold_shape_arithmetic(graph)
+        cancelled += _cancel_pairs(graph)
+        graph.prune()
+        if not _sink_once(graph):
+            break
+        sunk += 1
+        if sunk > 10 * len(graph.graph_def.node):
+            raise RuntimeError("transpose sinking does not converge; this is a bug in pt2tf_convert.optimize")
+    return result, sunk, cancelled
+
+
+def freeze(converted: ConvertedModel) -> tuple[graph_pb2.GraphDef, str, str]:
+    """The converted call as one flat GraphDef with constant weights: (graph, input name, output name)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    shape = [None, CROP, CROP, 3] if converted.layout == "NHWC" else [None, 3, CROP, CROP]
+    function = tf.function(converted.call).get_concrete_function(tf.TensorSpec(shape, tf.float32, name="images"))
+    frozen = convert_variables_to_constants_v2(function)
+    graph_def = frozen.graph.as_graph_def()
+    return graph_def, frozen.inputs[0].name, frozen.outputs[0].name
+
+
+def _lift_weights(graph_def: graph_pb2.GraphDef) -> dict[str, tf.Tensor]:
+    """Turn large Const nodes into Placeholders; return their values as eager constants by tensor name.
+
+    Both signatures import the graph: weights left as Const nodes would be stored once per traced
+    function (180 MB instead of 45). Eager constants captured by the functions are stored once and
+    still load as Const nodes in a Session, so Grappler folds what depends only on them.
+    """
+    weights = {}
+    for node in graph_def.node:
+        if node.op != "Const" or node.attr["value"].tensor.ByteSize() < WEIGHT_BYTES:
+            continue
+        value = tf.make_ndarray(node.attr["value"].tensor)
+        weights[f"{node.name}:0"] = tf.constant(value)
+        dtype = node.attr["dtype"]
+        node.op = "Placeholder"
+        node.ClearField("attr")
+        node.attr["dtype"].CopyFrom(dtype)
+        node.attr["shape"].shape.CopyFrom(tf.TensorShape(value.shape).as_proto())
+    return weights
+
+
+def optimize(converted: ConvertedModel, fold_pads: bool = True) -> tuple[ConvertedModel, Rewrite]:
+    """Freeze and rewrite the converted graph; the returned model computes the same logits."""
+    graph_def, input_name, output_name = freeze(converted)
+    before = Counter(n.op for n in graph_def.node)
+    rewritten, sunk, cancelled = sink_transposes(graph_def, [output_name])
+    graph = _Graph(rewritten, {_split(output_name)[0]})
+    pads_folded = _fold_pads(graph) if fold_pads else 0
+    bias_adds = _bias_adds(graph)
+    graph.prune()
+    after = Counter(n.op for n in rewritten.node)
+    weights = _lift_weights(rewritten)
+
+    def call(images: tf.Tensor) -> tf.Tensor:
+        # tf.identity captures each eager constant into the function being traced (import_graph_def
+        # takes graph tensors only); Grappler removes the Identity ops again.
+        feeds = {input_name: images} | {name: tf.identity(value) for name, value in weights.items()}
+        (logits,) = tf.graph_util.import_graph_def(
+            rewritten, input_map=feeds, return_elements=[output_name], name="converted"
+        )
+        return logits
+
+    rewrite = Rewrite(dict(before), dict(after), sunk, cancelled, bias_adds, pads_folded)
+    return ConvertedModel(call=call, trackable=list(weights.values()), layout=converted.layout), rewrite

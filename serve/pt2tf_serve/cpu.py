@@ -1,0 +1,68 @@
+"""What this machine's CPU is and can do, from /proc/cpuinfo (standard library only).
+
+Figures differ by 2× between the machines this project runs on, and bf16 only pays where the
+CPU computes it natively, so every report names the CPU and its relevant flags.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+# The flags that decide fp32 and bf16 speed of oneDNN kernels.
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: frozenset[str]
+    cores: int
+
+    @property
+    def relevant_flags(self) -> list[str]:
+        return [flag for flag in RELEVANT_FLAGS if flag in self.flags]
+
+    @property
+    def bf16(self) -> bool:
+        """The CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), as oneDNN's bf16 kernels need."""
+        return any(flag in self.flags for flag in BF16_FLAGS)
+
+    def describe(self) -> str:
+        """One line for reports: model, cores, relevant flags (and the ones it lacks)."""
+        missing = [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16") if flag not in self.flags]
+        return f"{self.model}, {self.cores} cores, flags: {' '.join(self.relevant_flags) or 'none of interest'}" + (
+            f" (no {', '.join(missing)})" if missing else ""
+        )
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+    """The CPU's model name and flags; an unknown model when /proc/cpuinfo cannot be read."""
+    model, flags = "", frozenset()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = frozenset(value.split())
+    except OSError:
+        pass
+    return CpuInfo(model or platform.processor() or "unknown CPU", flags, os.cpu_count() or 1)
+
+
+def bf16_refusal(info: CpuInfo | None = None) -> str | None:
+    """Why bf16 must not run here, or None when the CPU supports it and oneDNN is on."""
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        # Grappler's bf16 rewrite is a oneDNN one: without oneDNN it is skipped and fp32 runs silently.
+        return "bf16 auto mixed precision is a oneDNN rewrite, and TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off: unset it"
+    info = info or cpu_info()
+    if info.bf16:
+        return None
+    return (
+        f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in /proc/cpuinfo; this one ({info.model}) has neither, "
+        "so oneDNN has no native bf16 kernels here (emulated at best, slower than fp32): serve the fp32 model"
+    )
