@@ -629,10 +629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give the server as one of --rest http://127.0.0.1:8501 or --grpc 127.0.0.1:8500")
     if args.version is not None and args.label is not None:
         parser.error("give --version or --label, not both")
-    # The CLI runs no TensorFlow op, only its proto helpers: keep TensorFlow's start-up notices (oneDNN,
-    # CPU features) off stderr, where an error must stay one line. Only oneDNN's off switch silences its notice.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    # The CLI runs no TensorFlow op, only its proto helpers: TensorFlow's start-up notices (oneDNN, CPU
+    # features) stay off stderr, where an error must stay one line, because the import runs with stderr
+    # muted. No environment variable is changed: main() also runs inside other programs (the tests), and
+    # TF_ENABLE_ONEDNN_OPTS=0 there would silently turn off oneDNN (and bf16) in every server they start.
     if args.grpc is not None:
         _import_tensorflow_quietly()
     run = {"classify": _classify, "status": _status, "metadata": _metadata}[args.command]
