@@ -166,12 +166,17 @@ def _sink_below_pad(graph: _Graph, node: node_def_pb2.NodeDef) -> bool:
     x, perm = source
     moved = graph.add_const(node.name + "/paddings", np.ascontiguousarray(paddings[np.argsort(perm)]))
     node.input[0], node.input[1] = x, moved
+    _transpose_after(graph, node, perm)
+    return True
+
+
+def _transpose_after(graph: _Graph, node, perm) -> None:
+    """Put Transpose(perm) after `node` (whose inputs were just un-transposed) and feed its consumers from it."""
     node.attr.pop("_output_shapes", None)
     perm_const = graph.add_const(node.name + "/perm", np.array(perm, dtype=np.int32))
     attrs = {"T": node.attr["T"], "Tperm": tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum)}
     moved_transpose = graph.add_node("Transpose", node.name, [node.name, perm_const], attrs)
     graph.rewire(node.name, moved_transpose.name, skip=moved_transpose)
-    return True
 
 
 def _sink_once(graph: _Graph) -> bool:
@@ -205,11 +210,7 @@ def _sink_once(graph: _Graph) -> bool:
             controls = [i for i in node.input if i.startswith("^")]
             del node.input[:]
             node.input.extend(new_inputs + controls)
-            node.attr.pop("_output_shapes", None)
-            perm_const = graph.add_const(node.name + "/perm", np.array(perm, dtype=np.int32))
-            attrs = {"T": node.attr["T"], "Tperm": tf.compat.v1.AttrValue(type=tf.int32.as_datatype_enum)}
-            moved_transpose = graph.add_node("Transpose", node.name, [node.name, perm_const], attrs)
-            graph.rewire(node.name, moved_transpose.name, skip=moved_transpose)
+            _transpose_after(graph, node, perm)
             return True
     return False
 
@@ -240,12 +241,7 @@ def _fold_layout_constants(graph: _Graph) -> int:
             value, perm = graph.const_value(node.input[0]), graph.perm(node)
             if value is None or perm is None:
                 continue
-            result = np.ascontiguousarray(np.transpose(value, perm))
-            node.op = "Const"
-            del node.input[:]
-            node.ClearField("attr")
-            node.attr["dtype"].type = tf.as_dtype(result.dtype).as_datatype_enum
-            node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(result))
+            _make_const(node, np.ascontiguousarray(np.transpose(value, perm)))
             folded += 1
         elif node.op == "Split" and node.attr["num_split"].i == 1:
             graph.rewire(node.name, node.input[1], skip=node)
@@ -274,13 +270,18 @@ def _fold_shape_arithmetic(graph: _Graph) -> int:
             result = np.asarray(session.run(f"{node.name}:0"))
         if result.nbytes >= WEIGHT_BYTES:
             continue
-        node.op = "Const"
-        del node.input[:]
-        node.ClearField("attr")
-        node.attr["dtype"].type = tf.as_dtype(result.dtype).as_datatype_enum
-        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(result))
+        _make_const(node, result)
         folded += 1
     return folded
+
+
+def _make_const(node, value: np.ndarray) -> None:
+    """Turn `node`, in place and under its own name, into a Const holding `value`."""
+    node.op = "Const"
+    del node.input[:]
+    node.ClearField("attr")
+    node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+    node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
 
 
 def _cancel_pairs(graph: _Graph) -> int:
