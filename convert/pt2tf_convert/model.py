@@ -17,7 +17,7 @@ from .artifacts import sha256
 
 SEEDED = "seeded"
 SEEDED_NOTE = "seeded weights: labels are not ImageNet predictions"
-# Standard deviation of the calibrated seeded classifier's logits on the calibration inputs: about
+# Standard deviation of the calibrated seeded classifier's logits on the calibration inputs:
 # about what ImageNet-trained ResNet18 gives on natural photos.
 CALIBRATED_LOGIT_STD = 1.0
 DOWNLOAD_TIMEOUT_S = 30
