@@ -101,7 +101,7 @@ SESSION, LOADED = "Session (as TF Serving)", "tf.saved_model.load"
 def session_config(args: argparse.Namespace):
     """The ConfigProto the Session path gets: --platform-config's, with the variant's lever applied."""
     import tensorflow as tf
-    from pt2tf_serve.config import load_platform_config
+    from pt2tf_serve.config import apply_mixed_precision, load_platform_config
 
     config = tf.compat.v1.ConfigProto()
     if args.platform_config:
@@ -113,13 +113,14 @@ def session_config(args: argparse.Namespace):
     elif args.variant == "xla":
         config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
     elif args.variant == "bf16":
-        config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 = 1  # RewriterConfig.ON
+        apply_mixed_precision(config, "bfloat16", "--variant bf16")
     return config
 
 
 def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     import onnxruntime
     import tensorflow as tf
+    from pt2tf_serve.config import uses_bf16
     from pt2tf_serve.servable import Servable
 
     from .repository import versions
@@ -130,7 +131,7 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
         tf.config.threading.set_intra_op_parallelism_threads(config.intra_op_parallelism_threads)
     except RuntimeError:  # TensorFlow already ran in this process (a test): its eager pools stay
         pass
-    if config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == 1:  # RewriterConfig.ON
+    if uses_bf16(config):
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
 
     model_dir = args.models / args.model_name

@@ -68,15 +68,13 @@ def require_bf16_cpu() -> None:
         raise Bf16Error(refusal)
 
 
-def session_config(bf16: bool):
-    """The ConfigProto of platform-bf16.config's sessions (or its fp32 twin)."""
+def session_config():
+    """The ConfigProto of platform-bf16.config's sessions: oneDNN's bf16 auto mixed precision on."""
     import tensorflow as tf
-    from tensorflow.core.protobuf import rewriter_config_pb2
+    from pt2tf_serve.config import apply_mixed_precision
 
     config = tf.compat.v1.ConfigProto()
-    if bf16:
-        rewrite = config.graph_options.rewrite_options
-        rewrite.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
+    apply_mixed_precision(config, "bfloat16", "the bf16 variant")
     return config
 
 
@@ -106,7 +104,7 @@ def parity(saved_model: Path, onnx_path: Path, ref: dict[str, np.ndarray]) -> di
     from pt2tf_serve.servable import Servable
 
     session = onnxruntime_session(onnx_path)
-    servable = Servable("bf16-check", 0, saved_model, session_config(bf16=True), ["serve"])
+    servable = Servable("bf16-check", 0, saved_model, session_config(), ["serve"])
     results = {}
     try:
         for batch_size in BATCH_SIZES:

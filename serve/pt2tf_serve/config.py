@@ -228,8 +228,13 @@ class SessionSettings:
 
     @property
     def bf16(self) -> bool:
-        rewrite = self.session_config.graph_options.rewrite_options
-        return rewrite.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON
+        return uses_bf16(self.session_config)
+
+
+def uses_bf16(config: config_pb2.ConfigProto) -> bool:
+    """The ConfigProto turns on oneDNN's bf16 auto mixed precision."""
+    rewrite = config.graph_options.rewrite_options
+    return rewrite.auto_mixed_precision_onednn_bfloat16 == rewriter_config_pb2.RewriterConfig.ON
 
 
 def apply_mixed_precision(config: config_pb2.ConfigProto, mode: str, where: str) -> None:
