@@ -123,7 +123,7 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     from pt2tf_serve.config import uses_bf16
     from pt2tf_serve.servable import Servable
 
-    from .repository import versions
+    from .repository import resolve_version
 
     config = session_config(args)
     try:  # the loaded-signature path runs in TensorFlow's eager context: give it the same pools
@@ -134,14 +134,8 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     if uses_bf16(config):
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
 
-    model_dir = args.models / args.model_name
-    found = versions(model_dir)
-    if not found:
-        raise SystemExit(f"error: {model_dir} has no version — run the convert stage first")
-    number = args.version if args.version is not None else found[-1]
-    if number not in found:
-        raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
-    version = model_dir / str(number)
+    version = resolve_version(args.models / args.model_name, args.version)
+    number = int(version.name)
     servable = Servable(args.model_name, number, version, config, ["serve"])
     sessions = {name: servable.signatures[name] for name in ("serving_default", "predict_images")}
     loaded = tf.saved_model.load(str(version))

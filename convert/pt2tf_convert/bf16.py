@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from pt2tf_serve.cpu import cpu_info
 
     from .convert import MANIFEST_FILE
-    from .verify import resolve_version
+    from .repository import resolve_version
 
     parser = argparse.ArgumentParser(
         prog="pt2tf-verify-bf16", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

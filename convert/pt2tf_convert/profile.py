@@ -144,14 +144,11 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> dict:
     import tensorflow as tf
     from pt2tf_serve.servable import Servable
 
-    from .repository import versions
+    from .repository import resolve_version
 
-    model_dir = args.models / args.model_name
-    found = versions(model_dir)
-    if not found:
-        raise SystemExit(f"error: {model_dir} has no version — run the convert stage first")
-    number = args.version if args.version is not None else found[-1]
-    servable = Servable(args.model_name, number, model_dir / str(number), session_config(args), ["serve"])
+    version = resolve_version(args.models / args.model_name, args.version)
+    number = int(version.name)
+    servable = Servable(args.model_name, number, version, session_config(args), ["serve"])
     signature = servable.signature_defs["serving_default"]
     feed, fetch = signature.inputs["input"].name, signature.outputs["output"].name
     call = servable.session.make_callable(fetch, feed_list=[feed])

@@ -25,6 +25,17 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def resolve_version(model_dir: Path, version: int | None) -> Path:
+    """The directory of `version` (default: the newest); exits with what is missing when it is not there."""
+    found = versions(model_dir)
+    if not found:
+        raise SystemExit(f"error: {model_dir} has no model version — run the convert stage first")
+    number = version if version is not None else found[-1]
+    if number not in found:
+        raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
+    return model_dir / str(number)
+
+
 def next_version(model_dir: Path) -> int:
     return max(versions(model_dir), default=0) + 1
 

@@ -25,7 +25,7 @@ from .artifacts import load_reference, photo_bytes
 from .convert import MANIFEST_FILE
 from .metrics import MIN_DISTINCT_TOP1, compare, discrimination
 from .progress import step
-from .repository import versions
+from .repository import resolve_version
 from .runtimes import onnxruntime_session, run_onnxruntime, run_serving
 
 BATCH_SIZES = (1, 3, 8)
@@ -47,16 +47,6 @@ class Thresholds:
     # Seeded weights must answer the reference inputs with this many distinct top-1 classes,
     # or agreement on them proves little; with a user's weights a smaller count is a warning.
     min_distinct_top1: int = MIN_DISTINCT_TOP1
-
-
-def resolve_version(model_dir: Path, version: int | None) -> Path:
-    found = versions(model_dir)
-    if not found:
-        raise SystemExit(f"error: {model_dir} has no model version — run the convert stage first")
-    number = version if version is not None else found[-1]
-    if number not in found:
-        raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
-    return model_dir / str(number)
 
 
 def run_parity(
