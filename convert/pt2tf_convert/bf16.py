@@ -159,8 +159,7 @@ def _markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     from pt2tf_serve.cpu import cpu_info
 
-    from .convert import MANIFEST_FILE
-    from .repository import resolve_version
+    from .repository import read_manifest, resolve_version
 
     parser = argparse.ArgumentParser(
         prog="pt2tf-verify-bf16", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", required=True, type=Path)
     args = parser.parse_args(argv)
     saved_model = resolve_version(args.models / args.model_name, args.version)
-    manifest = json.loads((saved_model / "assets.extra" / MANIFEST_FILE).read_text())
+    manifest = read_manifest(saved_model)
     if manifest.get("precision") != "bfloat16":
         print(f"error: {saved_model} is not a bf16 variant (its manifest says precision "
               f"{manifest.get('precision', 'float32')}); publish one with convert --bf16", file=sys.stderr)  # fmt: skip

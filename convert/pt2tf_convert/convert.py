@@ -28,11 +28,10 @@ from .bf16 import Bf16Error, Bf16Thresholds, require_bf16_cpu
 from .bf16 import check as check_bf16
 from .metrics import compare
 from .progress import step
-from .repository import RepositoryError, staged_version
+from .repository import MANIFEST_FILE, RepositoryError, staged_version
 from .runtimes import onnxruntime_session, run_onnxruntime, run_serving
 from .support import check_supported
 
-MANIFEST_FILE = "pt2tf_manifest.json"
 # Conversion fidelity (TF vs ONNX Runtime on the same file): a converter bug, not a model change.
 CONVERSION_ATOL = 1e-4
 # What the version's manifest repeats from the export's: how the ONNX file was made, from which weights.

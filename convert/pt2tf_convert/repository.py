@@ -6,12 +6,16 @@ polling the base path never loads half a model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# What convert writes into every version it publishes: lane, tools, weights, parity.
+MANIFEST_FILE = "pt2tf_manifest.json"
 
 
 class RepositoryError(RuntimeError):
@@ -34,6 +38,17 @@ def resolve_version(model_dir: Path, version: int | None) -> Path:
     if number not in found:
         raise SystemExit(f"error: {model_dir} has no version {number} (it has {found})")
     return model_dir / str(number)
+
+
+def read_manifest(version_dir: Path) -> dict:
+    """The manifest convert published with the version; exits saying so when the version has none."""
+    path = version_dir / "assets.extra" / MANIFEST_FILE
+    if not path.is_file():
+        raise SystemExit(
+            f"error: {path} is missing: {version_dir} was not published by this project's convert stage "
+            "(run nox -s convert to publish one)"
+        )
+    return json.loads(path.read_text())
 
 
 def next_version(model_dir: Path) -> int:

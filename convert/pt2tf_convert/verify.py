@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from .artifacts import load_reference, photo_bytes
-from .convert import MANIFEST_FILE
 from .metrics import MIN_DISTINCT_TOP1, compare, discrimination
 from .progress import step
-from .repository import resolve_version
+from .repository import read_manifest, resolve_version
 from .runtimes import onnxruntime_session, run_onnxruntime, run_serving
 
 BATCH_SIZES = (1, 3, 8)
@@ -313,7 +312,7 @@ def verify(
         )
         (reports / "saved_model_cli.txt").write_text(cli.stdout + cli.stderr)
         warmup = check_warmup(saved_model)
-    manifest = json.loads((saved_model / "assets.extra" / MANIFEST_FILE).read_text())
+    manifest = read_manifest(saved_model)
     report = {
         "lane": lane,
         "model": model_name,

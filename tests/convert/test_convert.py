@@ -130,6 +130,14 @@ def test_verify_fails_on_seeded_answers_that_collapse(published, lane, artifacts
     assert "Verdict: **FAIL**" in (tmp_path / "reports" / "parity.md").read_text()
 
 
+def test_verify_names_a_version_without_its_manifest(published, lane, artifacts, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(published[0], models)
+    (models / "resnet18" / "1" / "assets.extra" / MANIFEST_FILE).unlink()  # not published by our convert
+    with pytest.raises(SystemExit, match=r"pt2tf_manifest\.json is missing: .* was not published by this project"):
+        verify(lane.name, artifacts, models, "resnet18", tmp_path / "reports", None, Thresholds())
+
+
 def test_collapsed_answers_from_a_users_weights_only_warn(published, lane, artifacts, tmp_path):
     collapsed = _collapsed(artifacts, tmp_path / "artifacts")
     models = tmp_path / "models"
