@@ -31,6 +31,17 @@ class CpuInfo:
         """The CPU computes bf16 natively (AVX512-BF16 or AMX-BF16), as oneDNN's bf16 kernels need."""
         return any(flag in self.flags for flag in BF16_FLAGS)
 
+    @property
+    def kind(self) -> str:
+        """The CPU kind as this project's tables group figures: what decides oneDNN's fp32 and bf16 kernels."""
+        if "amx_bf16" in self.flags:
+            return "AVX-512 + AMX"
+        if "avx512_bf16" in self.flags:
+            return "AVX-512 + avx512_bf16"
+        if "avx512f" in self.flags:
+            return "AVX-512, no bf16"
+        return "AVX2 only" if "avx2" in self.flags else "no AVX2"
+
     def describe(self) -> str:
         """One line for reports: model, cores, relevant flags (and the ones it lacks)."""
         missing = [flag for flag in ("avx512f", "avx512_bf16", "amx_bf16") if flag not in self.flags]
@@ -39,8 +50,22 @@ class CpuInfo:
         )
 
 
-def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
-    """The CPU's model name and flags; an unknown model when /proc/cpuinfo cannot be read."""
+CPUINFO_ENV = "PT2TF_CPUINFO"
+
+
+def cpuinfo_path() -> Path:
+    """Where the CPU is read from: $PT2TF_CPUINFO (a recorded block of another machine), else /proc/cpuinfo.
+
+    The variable exists for tests: every CPU-dependent choice (bf16 allowed or refused, which
+    objectives a machine gets) is made from cpu_info(), so a test can drive a server, a convert or
+    a bench through another CPU kind's recorded description (tests/data/cpuinfo/).
+    """
+    return Path(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo")
+
+
+def cpu_info(cpuinfo: Path | None = None) -> CpuInfo:
+    """The CPU's model name and flags; an unknown model when the description cannot be read."""
+    cpuinfo = cpuinfo or cpuinfo_path()
     model, flags = "", frozenset()
     try:
         for line in cpuinfo.read_text().splitlines():

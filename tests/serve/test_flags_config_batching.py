@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import threading
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from pt2tf_serve.config import (
     load_monitoring,
     load_platform_config,
 )
-from pt2tf_serve.cpu import bf16_refusal, cpu_info
+from pt2tf_serve.cpu import CPUINFO_ENV, bf16_refusal, cpu_info
 from pt2tf_serve.flags import FlagError, parse_flags
 from pt2tf_serve.json_tensor import decode_json, inputs_from_json, predict_response
 from pt2tf_serve.metrics import Metrics
@@ -1062,13 +1063,43 @@ def test_a_platform_config_pt2tf_serve_cannot_honour_is_refused(tmp_path, text, 
         load_platform_config(path, num_cores=2)
 
 
-@pytest.mark.parametrize("name", ["platform.config", "platform-bf16.config"])
-def test_the_repositorys_platform_configs_parse_and_match_server_flags(name):
-    settings = load_platform_config(DOCKER_CONFIG / name, num_cores=2)
+RECORDED_CPUS = Path(__file__).resolve().parents[1] / "data" / "cpuinfo"
+# Each recorded CPU kind: whether it computes bf16 natively, and its kind (tests/data/cpuinfo/README.md).
+CPU_KINDS = {
+    "amd-epyc-avx2.txt": (False, "AVX2 only"),
+    "amd-epyc-avx512-bf16.txt": (True, "AVX-512 + avx512_bf16"),
+    "intel-xeon-spr-amx.txt": (True, "AVX-512 + AMX"),
+}
+
+
+def _expect_platform_config(name: str) -> None:
+    """What the repository's platform config must give on the CPU cpu_info() reads: bf16 only where it is native."""
+    path = DOCKER_CONFIG / name
+    if name == "platform-bf16.config" and not cpu_info().bf16:
+        with pytest.raises(ConfigError, match=rf"avx512_bf16 or amx_bf16 .*\({re.escape(cpu_info().model)}\)"):
+            load_platform_config(path, num_cores=2)
+        return
+    settings = load_platform_config(path, num_cores=2)
     assert settings.batching == load_batching(DOCKER_CONFIG / "batching.config", 2)
     config = settings.session_config
     assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (2, 2)
     assert settings.bf16 == (name == "platform-bf16.config")
+
+
+@pytest.mark.parametrize("name", ["platform.config", "platform-bf16.config"])
+def test_the_repositorys_platform_configs_parse_and_match_server_flags(name):
+    # This machine's CPU decides the bf16 branch, read as the server reads it.
+    _expect_platform_config(name)
+
+
+@pytest.mark.parametrize("kind", sorted(CPU_KINDS))
+@pytest.mark.parametrize("name", ["platform.config", "platform-bf16.config"])
+def test_the_platform_configs_on_every_recorded_cpu_kind(name, kind, monkeypatch):
+    # The same check with each recorded CPU kind in place of this machine's: both branches run on any machine.
+    monkeypatch.setenv(CPUINFO_ENV, str(RECORDED_CPUS / kind))
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert (cpu_info().bf16, cpu_info().kind) == CPU_KINDS[kind]
+    _expect_platform_config(name)
 
 
 def test_the_platform_config_reaches_every_versions_session(tmp_path):
@@ -1111,9 +1142,12 @@ def test_without_a_platform_config_the_flags_and_session_config_file_make_the_se
 def test_mixed_precision_bfloat16_is_the_onednn_rewrite_option_and_other_modes_are_refused():
     from pt2tf_serve.server import session_settings
 
+    bf16_flags = parse_flags([*BASE, "--mixed_precision=bfloat16"])
     if cpu_info().bf16:
-        settings = session_settings(parse_flags([*BASE, "--mixed_precision=bfloat16"]))
-        assert settings.bf16
+        assert session_settings(bf16_flags).bf16
+    else:  # the same flag on a CPU without bf16 is refused, naming the CPU
+        with pytest.raises(ConfigError, match=re.escape(f"({cpu_info().model}) has neither")):
+            session_settings(bf16_flags)
     with pytest.raises(ConfigError, match="mixed_precision 'fp16' is not supported"):
         session_settings(parse_flags([*BASE, "--mixed_precision=fp16"]))
 

@@ -249,10 +249,11 @@ def test_a_platform_config_file_gives_every_session_its_config(own_repository, e
     from pt2tf_serve.cpu import cpu_info
 
     bf16 = platform == "platform-bf16.config"
-    if bf16 and not cpu_info().bf16:
-        pytest.skip(f"{cpu_info().describe()}: the server refuses bf16 here (tested in test_flags_config_batching)")
     config = config_copy(tmp_path / "config")
     flags = embedded_flags(config, own_repository, f"--platform_config_file=/config/{platform}")
+    if bf16 and not cpu_info().bf16:  # this CPU (as the server reads it) has no native bf16: refused at start
+        _assert_bf16_refused_at_start(flags, cpu_info().model)
+        return
     # oneDNN on, whatever the environment the tests run in says (with it off the bf16 rewrite never runs)
     with ServerProcess(flags, env={"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "1"}) as server:
         with RestClient(server.rest_url, timeout=60) as rest:
@@ -265,3 +266,22 @@ def test_a_platform_config_file_gives_every_session_its_config(own_repository, e
         assert 1e-4 < difference <= bound, f"{difference} vs {bound}; server log:\n{log[-3000:]}"
     else:
         assert "auto_mixed_precision" not in log and difference <= 2e-4
+
+
+def _assert_bf16_refused_at_start(flags: list[str], cpu_model: str, env: dict[str, str] | None = None) -> None:
+    with pytest.raises(RuntimeError, match="exited with") as refused:
+        ServerProcess(flags, env={"TF_ENABLE_ONEDNN_OPTS": "1", **(env or {})}).start()
+    assert "avx512_bf16 or amx_bf16" in str(refused.value) and f"({cpu_model})" in str(refused.value)
+
+
+def test_a_server_on_a_cpu_without_bf16_refuses_the_bf16_platform_config(own_repository, tmp_path):
+    # Whatever this machine is, the server process is shown the recorded AVX2 EPYC (PT2TF_CPUINFO):
+    # the refusal branch runs on every machine, and the fp32 config still starts there.
+    recorded = Path(__file__).resolve().parents[1] / "data" / "cpuinfo" / "amd-epyc-avx2.txt"
+    config = config_copy(tmp_path / "config")
+    env = {"PT2TF_CPUINFO": str(recorded)}
+    bf16_flags = embedded_flags(config, own_repository, "--platform_config_file=/config/platform-bf16.config")
+    _assert_bf16_refused_at_start(bf16_flags, "AMD EPYC", env)
+    fp32_flags = embedded_flags(config, own_repository, "--platform_config_file=/config/platform.config")
+    with ServerProcess(fp32_flags, env=env) as server, RestClient(server.rest_url, timeout=60) as rest:
+        assert "AVAILABLE" in {state for state, _ in statuses(rest).values()}
