@@ -350,10 +350,14 @@ def loadtest(session: nox.Session) -> None:
     """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/); lane: $PT2TF_LANE."""
     lane = MATRIX.lane(os.environ.get("PT2TF_LANE") or None)
     args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "loadtest"), "--lane", lane.name]
-    if not any(arg.startswith("--rest") for arg in session.posargs):  # no external server: start the embedded one
+    external = any(arg.startswith("--rest") for arg in session.posargs)
+    if not external:  # no external server: start the embedded one
         _require_model(session, lane)
+    if versions(MODELS / lane.name / MODEL_NAME):
+        # The embedded server's repository; against an external server, what the in-process capacity is measured on.
         serve_python = env_python(session, lane.env_for("serve"))
         args += ["--models", str(MODELS / lane.name), "--serve-python", serve_python]
+    if not external:
         args += _candidate_args(MODELS / lane.name / MODEL_NAME)
     run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.runner", *args, *session.posargs)
 

@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from .capacity import scenario_signature
+
 COLUMNS = [
     "scenario", "batching", "label", "concurrency", "seconds", "requests", "failures", "requests_per_second",
     "images_per_second", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "generator_cpu", "unreliable",
@@ -31,7 +33,7 @@ def verdict_text(verdicts) -> str:
     return "\n".join(lines)
 
 
-def _plots(steps) -> bytes:
+def _plots(steps, capacity=None) -> bytes:
     scenarios = list(dict.fromkeys(s.scenario for s in steps))
     figure, axes = plt.subplots(len(scenarios), 3, figsize=(15, 4 * len(scenarios)), squeeze=False)
     for row, scenario in enumerate(scenarios):
@@ -46,6 +48,10 @@ def _plots(steps) -> bytes:
             for s in series:
                 if s.unreliable:
                     throughput.annotate("generator saturated", (s.concurrency, s.images_per_second), fontsize=7)
+        if capacity is not None:  # the yardstick at each load, so a miss reads as deployment or hardware
+            own, xs = capacity.of(scenario_signature(scenario)), sorted({s.concurrency for s in mine})
+            throughput.plot(xs, [own.rate_at(c) for c in xs], color="grey", linestyle=":", label="in process")
+            latency.plot(xs, [own.latency_ms_at(c) for c in xs], color="grey", linestyle=":", label="in process")
         throughput.set(title=f"{scenario}: throughput", xlabel="concurrent users", ylabel="images/s")
         latency.set(title=f"{scenario}: latency", xlabel="concurrent users", ylabel="ms")
         for ax in (throughput, latency):
@@ -82,27 +88,64 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _step_rows(steps) -> list[list]:
-    return [
-        [s.scenario, s.batching, s.label or "–", s.concurrency, f"{s.images_per_second:.1f}",
-         f"{s.requests_per_second:.1f}", f"{s.p50_ms:.0f}", f"{s.p90_ms:.0f}", f"{s.p95_ms:.0f}", f"{s.p99_ms:.0f}",
-         f"{s.max_ms:.0f}",
-         f"{s.failure_ratio:.1%}", f"{s.generator_cpu:.0%}" + (" ⚠ saturated" if s.unreliable else ""),
-         "–" if s.server_requests is None else s.server_requests,
-         ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–"]
-        for s in steps
-    ]  # fmt: skip
+def _step_rows(steps, capacity=None) -> list[list]:
+    rows = []
+    for s in steps:
+        beside = []
+        if capacity is not None:  # the machine's yardstick beside every served figure
+            own = capacity.of(scenario_signature(s.scenario))
+            ceiling, expected = own.rate_at(s.concurrency), own.latency_ms_at(s.concurrency)
+            beside = [f"{ceiling:.1f} ({s.images_per_second / ceiling:.2f}×)",
+                      f"{expected:.0f} ({s.p99_ms / expected:.1f}×)"]  # fmt: skip
+        rows.append(
+            [s.scenario, s.batching, s.label or "–", s.concurrency, f"{s.images_per_second:.1f}",
+             f"{s.requests_per_second:.1f}", f"{s.p50_ms:.0f}", f"{s.p90_ms:.0f}", f"{s.p95_ms:.0f}",
+             f"{s.p99_ms:.0f}", f"{s.max_ms:.0f}", *beside,
+             f"{s.failure_ratio:.1%}", f"{s.generator_cpu:.0%}" + (" ⚠ saturated" if s.unreliable else ""),
+             "–" if s.server_requests is None else s.server_requests,
+             ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–"]
+        )  # fmt: skip
+    return rows
 
 
 STEP_HEADERS = ["scenario", "batching", "model", "users", "img/s", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
                 "max ms", "failures", "generator CPU", "server: answered", "server batches (rows: count)"]  # fmt: skip
+CAPACITY_HEADERS = ["in process img/s at these users (served ÷)", "in process ms at these users (p99 ÷)"]
 
 
-def capacity_rows(steps, slo_file) -> list[list]:
+def _step_headers(capacity) -> list[str]:
+    if capacity is None:
+        return STEP_HEADERS
+    at = STEP_HEADERS.index("failures")
+    return [*STEP_HEADERS[:at], *CAPACITY_HEADERS, *STEP_HEADERS[at:]]
+
+
+def _capacity_section(capacity) -> list[str]:
+    if capacity is None:
+        return ["Not measured: the objectives are absolute (no in-process yardstick).", ""]
+    sizes = sorted({b for c in capacity.signatures.values() for b in c.images_per_second})
+    rows = [
+        [name, f"{cap.batch_1_ms:.1f}", *(f"{cap.images_per_second[b]:.1f}" if b in cap.images_per_second else "–"
+                                         for b in sizes)]
+        for name, cap in capacity.signatures.items()
+    ]  # fmt: skip
+    return [
+        f"The model measured in process before the load, on this machine, as the server runs it: {capacity.model} "
+        f"v{capacity.version} in a TensorFlow Session ({capacity.session}), {capacity.seconds:g} s. "
+        f"CPU: {capacity.cpu} (kind: {capacity.kind}). A step's in-process figure at N users is the best batch of at "
+        "most N rows, and the time to answer N waiting requests at that rate.",
+        "",
+        _table(["signature", "batch 1 ms", *(f"img/s, batch {b}" for b in sizes)], rows),
+        "",
+    ]
+
+
+def capacity_rows(steps, slo_file, capacity=None) -> list[list]:
     """Per scenario and batching setting: the highest throughput whose p99 stays within the SLO (MLPerf's Server)."""
     rows = []
     for scenario in dict.fromkeys(s.scenario for s in steps):
-        bound = slo_file.objective(scenario).p99_ms
+        own = capacity.of(scenario_signature(scenario)) if capacity is not None else None
+        bound = round(slo_file.objective(scenario).p99_bound_ms(own))
         for setting in dict.fromkeys(s.batching for s in steps if s.scenario == scenario):
             within = [s for s in steps if s.scenario == scenario and s.batching == setting
                       and s.p99_ms <= bound and not s.unreliable and s.failures == 0]  # fmt: skip
@@ -112,10 +155,10 @@ def capacity_rows(steps, slo_file) -> list[list]:
     return rows
 
 
-def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[Path]:
+def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=None) -> list[Path]:
     """Write summary.md, report.html, steps.csv and results.json into `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    png = _plots(steps) if steps else b""
+    png = _plots(steps, capacity) if steps else b""
     machine_rows = [[k, v] for k, v in machine.items()]
     verdict_rows = [[v.scenario, v.objective, v.wanted, v.measured, "met" if v.ok else "**missed**"] for v in verdicts]
     parts = [
@@ -131,6 +174,9 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[P
         "are measured. One image per request. A step whose load generator used more than 90% of a core is marked "
         "saturated: its figures are the generator's limit, not the server's.",
         "",
+        "## The machine's capacity (the yardstick)",
+        "",
+        *_capacity_section(capacity),
         "## SLO verdict",
         "",
         _table(["where", "objective", "wanted", "measured", ""], verdict_rows),
@@ -139,16 +185,16 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[P
         "",
         _table(
             ["scenario", "batching", "p99 objective", "highest throughput within it"],
-            capacity_rows(steps, args.slo_file),
+            capacity_rows(steps, args.slo_file, capacity),
         ),
         "",
         "## Steps",
         "",
-        _table(STEP_HEADERS, _step_rows(steps)),
+        _table(_step_headers(capacity), _step_rows(steps, capacity)),
         "",
         "## Candidate vs current",
         "",
-        _table(STEP_HEADERS, _step_rows(comparison))
+        _table(_step_headers(capacity), _step_rows(comparison, capacity))
         if comparison
         else "Not run: give `--current` and `--candidate` (two model versions or labels of the same server).",
         "",
@@ -182,6 +228,7 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args) -> list[P
         "steps": [asdict(s) for s in steps],
         "comparison": [asdict(s) for s in comparison],
         "verdicts": [asdict(v) for v in verdicts],
+        "capacity": capacity.to_json() if capacity is not None else None,
     }
     _atomic(paths[3], (json.dumps(results, indent=1) + "\n").encode())
     return paths

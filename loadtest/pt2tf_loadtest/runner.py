@@ -33,8 +33,9 @@ import psutil
 from locust.env import Environment
 from pt2tf_serve.bench import cpu_model
 from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, REQUEST_COUNT, fetch_page
-from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
+from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags
 
+from . import capacity as capacity_mod
 from . import report, slo
 from .inputs import load_inputs
 from .users import TARGET, USERS
@@ -183,7 +184,14 @@ def _say(step: Step) -> None:
 class ManagedServer:
     """The embedded server, started by this runner with or without batching (in the lane's env)."""
 
-    def __init__(self, python: Path, models: Path, batching: bool, specific_versions: list[int] | None):
+    def __init__(
+        self,
+        python: Path,
+        models: Path,
+        batching: bool,
+        specific_versions: list[int] | None,
+        extra_flags: list[str] = (),
+    ):
         folder = Path(tempfile.mkdtemp(prefix="pt2tf-loadtest-"))
         config = config_copy(folder / "config")
         if specific_versions:
@@ -194,6 +202,7 @@ class ManagedServer:
             )
             (config / "models.config").write_text(text)
         extra = [] if batching else ["--enable_batching=false", "--batching_parameters_file="]
+        extra += list(extra_flags)
         self.folder = folder
         self.process = ServerProcess(embedded_flags(config, models, *extra), python=str(python))
 
@@ -207,6 +216,25 @@ class ManagedServer:
     def __exit__(self, *exc) -> None:
         self.process.__exit__(*exc)  # stops it and removes its log
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def measure_capacity(python: Path, artifacts: Path, model_dir: Path, out: Path) -> capacity_mod.Capacity:
+    """The model in process, in the lane's env, with the session config docker/config gives the server."""
+    folder = Path(tempfile.mkdtemp(prefix="pt2tf-capacity-"))
+    try:
+        flags = embedded_flags(config_copy(folder / "config"), model_dir.parent)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [str(python), "-m", "pt2tf_loadtest.capacity", "--artifacts", str(artifacts),
+                "--model-dir", str(model_dir), "--out", str(out), "--", *flags]  # fmt: skip
+        log = folder / "capacity.log"
+        # Spawned, not subprocess: this process may already run gRPC threads, which forbid fork.
+        child = Spawned(argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
+        if child.wait() != 0:
+            lines = log.read_text(errors="replace").splitlines()
+            raise slo.SloError("measuring the in-process capacity failed:\n  " + "\n  ".join(lines[-15:]))
+        return capacity_mod.load(out)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- the scenario
@@ -260,7 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds measured per step")
     parser.add_argument("--scenarios", default="grpc-tensor,rest-image", help=f"from: {', '.join(USERS)}")
     parser.add_argument("--batching", default="off,on", help="off,on: restart the embedded server without and with")
-    parser.add_argument("--slo", type=Path, default=Path(__file__).resolve().parents[1] / "slo.toml")
+    parser.add_argument("--slo", type=Path, default=Path(__file__).resolve().parents[1] / "slo.toml",
+                        help="objectives; the default one is relative to the in-process capacity measured first "
+                        "(loadtest/slo-absolute.toml: fixed numbers, no capacity needed)")  # fmt: skip
+    parser.add_argument("--capacity", type=Path, help="a capacity JSON measured before (python -m "
+                        "pt2tf_loadtest.capacity) instead of measuring it now; on this machine only")  # fmt: skip
+    where.add_argument("--server-flag", action="append", default=[], dest="server_flags",
+                       help="one more tensorflow_model_server flag for the embedded server (repeatable); "
+                       "the capacity is still measured with docker/config's settings")  # fmt: skip
     parser.add_argument("--current", help="model version or label in production (with --candidate)")
     parser.add_argument("--candidate", help="model version or label to roll out")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the candidate comparison")
@@ -286,8 +321,27 @@ def main(argv: list[str] | None = None) -> int:
         args.slo_file = slo.load(args.slo, args.scenarios)
     except slo.SloError as exc:
         parser.error(str(exc))
+    if args.slo_file.relative and not args.capacity and not (args.models and args.serve_python):
+        parser.error(
+            f"{args.slo} states objectives relative to the model's in-process capacity on this machine: give "
+            "--models and --serve-python to measure it (also with --rest/--grpc), or --capacity FILE, or use "
+            "absolute objectives (--slo loadtest/slo-absolute.toml)"
+        )
     TARGET.model = args.model
     TARGET.inputs = load_inputs(args.artifacts)
+    capacity = None
+    try:
+        if args.capacity:
+            capacity = capacity_mod.load(args.capacity)
+        elif args.slo_file.relative:
+            print("measuring the model in process first (the yardstick of the relative objectives)", flush=True)
+            capacity = measure_capacity(args.serve_python, args.artifacts, args.models / args.model,
+                                        args.out / "capacity.json")  # fmt: skip
+    except (capacity_mod.CapacityError, slo.SloError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if capacity is not None:
+        print(f"capacity: {capacity.describe()}", flush=True)
     machine = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -297,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile,
         "server": f"{args.rest} + {args.grpc}" if external else f"embedded server on {args.models}",
     }
+    if args.server_flags:
+        machine["server"] += " with " + " ".join(args.server_flags)
+    if capacity is not None:
+        machine["in-process capacity"] = capacity.describe()
     print(f"loadtest on {machine['cpu']}: scenarios {', '.join(args.scenarios)}, concurrency {args.concurrency}, "
           f"{args.warmup:g} s warm-up + {args.seconds:g} s per step", flush=True)  # fmt: skip
 
@@ -308,16 +366,16 @@ def main(argv: list[str] | None = None) -> int:
             comparison = compare(args, args.rest.rstrip("/"), args.grpc, args.rounds)
     else:
         for setting in [b.strip() for b in args.batching.split(",") if b.strip()]:
-            with ManagedServer(args.serve_python, args.models, setting == "on", None) as server:
+            with ManagedServer(args.serve_python, args.models, setting == "on", None, args.server_flags) as server:
                 print(f"embedded server, batching {setting}: REST {server.rest_url}, gRPC {server.grpc_target}")
                 steps += sweep(args, server.rest_url, server.grpc_target, setting)
         if args.current:
             specific = [int(v) for v in (args.current, args.candidate) if v.isdigit()]
-            with ManagedServer(args.serve_python, args.models, True, specific or None) as server:
+            with ManagedServer(args.serve_python, args.models, True, specific or None, args.server_flags) as server:
                 comparison = compare(args, server.rest_url, server.grpc_target, args.rounds)
 
-    verdicts = slo.gate(args.slo_file, steps, comparison)
-    paths = report.write(args.out, machine, steps, comparison, verdicts, args)
+    verdicts = slo.gate(args.slo_file, steps, comparison, capacity)
+    paths = report.write(args.out, machine, steps, comparison, verdicts, args, capacity)
     print(report.verdict_text(verdicts))
     for path in paths:
         print(f"  {path}")

@@ -6,6 +6,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .capacity import Capacity, SignatureCapacity, scenario_signature
+
 
 class SloError(ValueError):
     """The SLO file is missing, malformed, or lacks a scenario being run."""
@@ -13,12 +15,28 @@ class SloError(ValueError):
 
 @dataclass(frozen=True)
 class Objective:
+    """The objectives of one scenario at `concurrency` users: absolute ones, ones relative to the
+    capacity measured in process on the same machine, or both (then both must hold)."""
+
     concurrency: int  # the load at which the objectives apply
-    p99_ms: float
-    min_images_per_second: float
     max_failure_ratio: float
     min_batching_gain: float  # images/s with batching on ÷ off, at `concurrency`
     tolerance: float  # candidate may be this much slower (throughput) or later (p99) than current
+    p99_ms: float | None = None
+    min_images_per_second: float | None = None
+    max_p99_over_expected: float | None = None  # p99 ≤ this × the in-process latency at `concurrency` users
+    min_share_of_capacity: float | None = None  # img/s ≥ this × the in-process img/s at `concurrency` users
+
+    @property
+    def relative(self) -> bool:
+        return self.max_p99_over_expected is not None or self.min_share_of_capacity is not None
+
+    def p99_bound_ms(self, capacity: SignatureCapacity | None) -> float:
+        """The tighter of the absolute and the relative p99 bound."""
+        bounds = [] if self.p99_ms is None else [self.p99_ms]
+        if self.max_p99_over_expected is not None and capacity is not None:
+            bounds.append(self.max_p99_over_expected * capacity.latency_ms_at(self.concurrency))
+        return min(bounds)
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,11 @@ class SloFile:
 
     def objective(self, scenario: str) -> Objective:
         return self.objectives[scenario]
+
+    @property
+    def relative(self) -> bool:
+        """Some objective is a fraction or multiple of the capacity measured in process."""
+        return any(o.relative for o in self.objectives.values())
 
 
 @dataclass(frozen=True)
@@ -39,11 +62,14 @@ class Verdict:
     ok: bool
 
 
-FIELDS = ("concurrency", "p99_ms", "min_images_per_second", "max_failure_ratio", "min_batching_gain", "tolerance")
+REQUIRED = ("concurrency", "max_failure_ratio", "min_batching_gain", "tolerance")
+LATENCY = ("p99_ms", "max_p99_over_expected")
+THROUGHPUT = ("min_images_per_second", "min_share_of_capacity")
+FIELDS = (*REQUIRED, *LATENCY, *THROUGHPUT)
 
 
 def load(path: Path, scenarios: list[str]) -> SloFile:
-    """Read the SLO file; every scenario to be run needs its table, with every field."""
+    """Read the SLO file; every scenario to be run needs its table, with a latency and a throughput objective."""
     try:
         doc = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -53,15 +79,17 @@ def load(path: Path, scenarios: list[str]) -> SloFile:
     defaults = doc.get("defaults", {})
     objectives = {}
     for scenario in scenarios:
+        for name, table in (("defaults", defaults), (scenario, doc.get(scenario, {}))):
+            unknown = sorted(set(table) - set(FIELDS))
+            if unknown:
+                raise SloError(f"{path}: [{name}] has unknown keys {', '.join(unknown)}; known: {', '.join(FIELDS)}")
         table = {**defaults, **doc.get(scenario, {})}
-        missing = [f for f in FIELDS if f not in table]
+        missing = [f for f in REQUIRED if f not in table]
+        missing += [" or ".join(group) for group in (LATENCY, THROUGHPUT) if not any(f in table for f in group)]
         if missing:
             raise SloError(f"{path}: [{scenario}] lacks {', '.join(missing)} (and [defaults] does not give them)")
-        unknown = sorted(set(doc.get(scenario, {})) - set(FIELDS))
-        if unknown:
-            raise SloError(f"{path}: [{scenario}] has unknown keys {', '.join(unknown)}; known: {', '.join(FIELDS)}")
         try:
-            values = {f: int(table[f]) if f == "concurrency" else float(table[f]) for f in FIELDS}
+            values = {f: int(table[f]) if f == "concurrency" else float(table[f]) for f in FIELDS if f in table}
         except (TypeError, ValueError) as exc:
             raise SloError(f"{path}: [{scenario}] has a value that is not a number: {exc}") from None
         objectives[scenario] = Objective(**values)
@@ -74,8 +102,10 @@ def _at(steps, scenario: str, batching: str, concurrency: int):
     )
 
 
-def gate(slo: SloFile, steps: list, comparison: list) -> list[Verdict]:
+def gate(slo: SloFile, steps: list, comparison: list, capacity: Capacity | None = None) -> list[Verdict]:
     """Every objective of every scenario, judged on the steps measured at its concurrency."""
+    if slo.relative and capacity is None:
+        raise SloError(f"{slo.path} states objectives relative to the in-process capacity, which was not measured")
     verdicts = []
     for scenario, objective in slo.objectives.items():
         c = objective.concurrency
@@ -87,21 +117,50 @@ def gate(slo: SloFile, steps: list, comparison: list) -> list[Verdict]:
             continue
         where = f"{scenario} @ {c} users"
         note = " (generator saturated: unreliable)" if step.unreliable else ""
-        verdicts += [
-            Verdict(where, "p99 latency", f"≤ {objective.p99_ms:g} ms", f"{step.p99_ms:.0f} ms{note}",
-                    step.p99_ms <= objective.p99_ms),
-            Verdict(where, "throughput", f"≥ {objective.min_images_per_second:g} img/s",
-                    f"{step.images_per_second:.1f} img/s{note}",
-                    step.images_per_second >= objective.min_images_per_second),
-            Verdict(where, "failure ratio", f"≤ {objective.max_failure_ratio:.2%}", f"{step.failure_ratio:.2%}",
-                    step.failure_ratio <= objective.max_failure_ratio),
-        ]  # fmt: skip
+        own = capacity.of(scenario_signature(scenario)) if capacity is not None else None
+        verdicts += _latency(where, objective, step, own, note) + _throughput(where, objective, step, own, note)
+        failures_ok = step.failure_ratio <= objective.max_failure_ratio
+        verdicts.append(Verdict(where, "failure ratio", f"≤ {objective.max_failure_ratio:.2%}",
+                                f"{step.failure_ratio:.2%}", failures_ok))  # fmt: skip
         off = _at(steps, scenario, "off", c)
         if step.batching == "on" and off is not None:
             gain = step.images_per_second / max(off.images_per_second, 1e-9)
             verdicts.append(Verdict(where, "batching gain (on ÷ off)", f"≥ {objective.min_batching_gain:g}×",
                                     f"{gain:.2f}×", gain >= objective.min_batching_gain))  # fmt: skip
         verdicts += _comparison(where, scenario, objective, comparison)
+    return verdicts
+
+
+def _latency(where: str, objective: Objective, step, own: SignatureCapacity | None, note: str) -> list[Verdict]:
+    verdicts = []
+    if objective.p99_ms is not None:
+        verdicts.append(Verdict(where, "p99 latency", f"≤ {objective.p99_ms:g} ms", f"{step.p99_ms:.0f} ms{note}",
+                                step.p99_ms <= objective.p99_ms))  # fmt: skip
+    if objective.max_p99_over_expected is not None and own is not None:
+        expected = own.latency_ms_at(objective.concurrency)
+        bound = objective.max_p99_over_expected * expected
+        verdicts.append(Verdict(
+            where, "p99 latency ÷ in-process latency",
+            f"≤ {objective.max_p99_over_expected:g}× {expected:.0f} ms = {bound:.0f} ms",
+            f"{step.p99_ms:.0f} ms = {step.p99_ms / expected:.2f}×{note}", step.p99_ms <= bound,
+        ))  # fmt: skip
+    return verdicts
+
+
+def _throughput(where: str, objective: Objective, step, own: SignatureCapacity | None, note: str) -> list[Verdict]:
+    verdicts = []
+    rate = step.images_per_second
+    if objective.min_images_per_second is not None:
+        verdicts.append(Verdict(where, "throughput", f"≥ {objective.min_images_per_second:g} img/s",
+                                f"{rate:.1f} img/s{note}", rate >= objective.min_images_per_second))  # fmt: skip
+    if objective.min_share_of_capacity is not None and own is not None:
+        ceiling = own.rate_at(objective.concurrency)
+        bound = objective.min_share_of_capacity * ceiling
+        verdicts.append(Verdict(
+            where, "throughput ÷ in-process capacity",
+            f"≥ {objective.min_share_of_capacity:g}× {ceiling:.1f} img/s = {bound:.1f} img/s",
+            f"{rate:.1f} img/s = {rate / ceiling:.2f}×{note}", rate >= bound,
+        ))  # fmt: skip
     return verdicts
 
 
@@ -116,10 +175,16 @@ def _comparison(where: str, scenario: str, objective: Objective, comparison: lis
             )
     if len(sides) < 2:
         return []
+    candidate_runs = [s for s in comparison if s.scenario == scenario and s.label.startswith("candidate=")]
+    failures = sum(s.failures for s in candidate_runs) / max(1, sum(s.requests for s in candidate_runs))
+    # A candidate whose answers differ from the in-process reference fails its requests (users.py checks them).
+    answers = Verdict(where, "candidate failure ratio", f"≤ {objective.max_failure_ratio:.2%}", f"{failures:.2%}",
+                      failures <= objective.max_failure_ratio)  # fmt: skip
     (cur_rate, cur_p99), (cand_rate, cand_p99) = sides["current"], sides["candidate"]
     rate_ratio, p99_ratio = cand_rate / max(cur_rate, 1e-9), cand_p99 / max(cur_p99, 1e-9)
     tolerance = objective.tolerance
     return [
+        answers,
         Verdict(where, "candidate throughput ÷ current", f"≥ {1 - tolerance:.2f}×", f"{rate_ratio:.2f}×",
                 rate_ratio >= 1 - tolerance),
         Verdict(where, "candidate p99 ÷ current", f"≤ {1 + tolerance:.2f}×", f"{p99_ratio:.2f}×",

@@ -13,19 +13,22 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from pt2tf_loadtest import runner
+from pt2tf_loadtest import runner, slo
 from pt2tf_loadtest.inputs import load_inputs
 from pt2tf_loadtest.users import TARGET
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 
 MODEL = "resnet18"
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
+REPOSITORY_SLO = Path(__file__).resolve().parents[2] / "loadtest" / "slo.toml"
+REPOSITORY_CONFIG = Path(__file__).resolve().parents[2] / "docker" / "config"
 QUICK = ["--concurrency", "1,4", "--warmup", "1", "--seconds", "3"]
 LENIENT = """
 [defaults]
@@ -190,10 +193,125 @@ def test_locust_command_line_in_distributed_mode_uses_the_same_users(artifacts, 
     assert all(int(row["Failure Count"]) == 0 for row in rows), rows
 
 
-def test_the_repositorys_slo_file_covers_every_scenario():
-    from pt2tf_loadtest import slo
+@pytest.mark.parametrize("name", ["slo.toml", "slo-absolute.toml"])
+def test_the_repositorys_slo_files_cover_every_scenario(name):
     from pt2tf_loadtest.users import USERS
 
-    objectives = slo.load(Path(runner.__file__).resolve().parents[1] / "slo.toml", list(USERS)).objectives
-    assert set(objectives) == set(USERS)
-    assert all(o.concurrency in runner.PROFILES["default"][0] for o in objectives.values())
+    loaded = slo.load(REPOSITORY_SLO.with_name(name), list(USERS))
+    assert set(loaded.objectives) == set(USERS)
+    assert all(o.concurrency in runner.PROFILES["default"][0] for o in loaded.objectives.values())
+    # The default judges the deployment against this machine; the absolute file needs no measurement.
+    assert loaded.relative == (name == "slo.toml")
+
+
+# ---------------------------------------------------------------------------- the default, relative gate
+#
+# The repository's own slo.toml, judged against the capacity measured once on this machine: a healthy
+# deployment passes, and each degraded one fails naming the objective it misses, on every CPU kind
+# (the degradations are scaled to the machine's own measured figures, never to fixed numbers).
+
+GATE_USERS = 16  # where the repository's objectives apply (slo.toml's concurrency)
+
+
+@pytest.fixture(scope="module")
+def capacity_file(artifacts, models, serve_python, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("capacity") / "capacity.json"
+    measured = runner.measure_capacity(serve_python, artifacts, models / MODEL, out)
+    assert set(measured.signatures) == {"serving_default", "predict_images"}
+    for own in measured.signatures.values():
+        assert own.batch_1_ms > 0 and set(own.images_per_second) == {1, 4, 8, 16, 32}  # docker/config: ≤ 32 rows
+    return out
+
+
+def gate_run(artifacts, models, serve_python, capacity_file, out: Path, *extra, seconds: float = 4.0) -> int:
+    return run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out", out,
+                "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", GATE_USERS,
+                "--warmup", 2, "--seconds", seconds, *extra])  # fmt: skip
+
+
+def missed(out: Path) -> set[str]:
+    return {v["objective"] for v in results(out)["verdicts"] if not v["ok"]}
+
+
+def test_a_healthy_deployment_passes_the_default_gate_and_the_report_shows_the_capacity(
+    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+):
+    # Batching on only: on ÷ off from two 4-second steps is noise here (the sweep test covers that objective).
+    out = tmp_path / "report"
+    code = gate_run(artifacts, models, serve_python, capacity_file, out, "--batching", "on", seconds=6.0)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    found = results(out)
+    objectives = {v["objective"] for v in found["verdicts"]}
+    assert {"throughput ÷ in-process capacity", "p99 latency ÷ in-process latency", "failure ratio"} <= objectives
+    assert found["capacity"]["cpu"] in found["machine"]["in-process capacity"]
+    summary = (out / "summary.md").read_text()
+    assert "## The machine's capacity (the yardstick)" in summary and "img/s, batch 32" in summary
+    assert "in process img/s at these users (served ÷)" in summary  # beside every served figure
+
+
+def test_a_server_on_one_thread_fails_the_throughput_objective(
+    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+):
+    # One intra-op and one inter-op thread, one batch thread: the deployment uses one core of the machine's.
+    one_thread = ["--tensorflow_intra_op_parallelism=1", "--tensorflow_inter_op_parallelism=1",
+                  "--batching_parameters_file=" + str(_batching(tmp_path, num_batch_threads=1))]  # fmt: skip
+    out = tmp_path / "report"
+    code = gate_run(artifacts, models, serve_python, capacity_file, out, "--batching", "on",
+                    *(f"--server-flag={flag}" for flag in one_thread))  # fmt: skip
+    assert code == 1, capsys.readouterr().out
+    assert "throughput ÷ in-process capacity" in missed(out), results(out)["verdicts"]
+
+
+def test_a_batching_timeout_far_too_long_for_the_load_fails_latency_and_throughput(
+    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+):
+    # Four times the time the machine needs for the whole load's batch: every batch waits out the timeout,
+    # since 16 callers never fill max_batch_size.
+    expected_ms = runner.capacity_mod.load(capacity_file).of("serving_default").latency_ms_at(GATE_USERS)
+    slow = _batching(tmp_path, batch_timeout_micros=int(4 * expected_ms * 1000))
+    out = tmp_path / "report"
+    code = gate_run(artifacts, models, serve_python, capacity_file, out, "--batching", "on",
+                    f"--server-flag=--batching_parameters_file={slow}",
+                    seconds=max(4.0, 12 * expected_ms / 1000))  # at least two timeouts in the window  # fmt: skip
+    assert code == 1, capsys.readouterr().out
+    assert {"p99 latency ÷ in-process latency", "throughput ÷ in-process capacity"} <= missed(out)
+
+
+def test_a_candidate_that_answers_differently_fails_the_gate(
+    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+):
+    shifted = tmp_path / "models"
+    shutil.copytree(models / MODEL / "1", shifted / MODEL / "1")
+    done = subprocess.run([str(serve_python), str(Path(__file__).with_name("shifted_version.py")),
+                           str(shifted / MODEL / "1"), str(shifted / MODEL / "2")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "report"
+    code = run(["--artifacts", artifacts, "--models", shifted, "--serve-python", serve_python, "--out", out,
+                "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", GATE_USERS,
+                "--warmup", 1, "--seconds", 3, "--batching", "on", "--current", 1, "--candidate", 2,
+                "--rounds", 1])  # fmt: skip
+    assert code == 1, capsys.readouterr().out
+    # The sweep served the newest version (the candidate) too: its steps failed as well.
+    assert {"candidate failure ratio", "failure ratio"} <= missed(out), results(out)["verdicts"]
+    sides = {c["label"]: c for c in results(out)["comparison"]}
+    assert sides["candidate=2"]["requests"] > 0 and sides["candidate=2"]["failures"] == sides["candidate=2"]["requests"]
+    assert sides["current=1"]["requests"] > 0 and sides["current=1"]["failures"] == 0
+
+
+def test_relative_objectives_without_a_way_to_measure_the_capacity_are_refused(artifacts, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(["--artifacts", artifacts, "--out", tmp_path, "--rest", "http://127.0.0.1:1", "--grpc", "127.0.0.1:1"])
+    assert "relative to the model's in-process capacity" in capsys.readouterr().err
+
+
+def _batching(folder: Path, **fields: int) -> Path:
+    """docker/config's batching.config with some fields changed, as a file of its own."""
+    text = (REPOSITORY_CONFIG / "batching.config").read_text()
+    for name, value in fields.items():
+        text, count = re.subn(rf"{name} {{ value: \d+ }}", f"{name} {{ value: {value} }}", text)
+        assert count == 1, name
+    path = folder / "batching.config"
+    path.write_text(text)
+    return path
