@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt
 from .capacity import scenario_signature
 
 COLUMNS = [
-    "scenario", "batching", "label", "concurrency", "seconds", "requests", "failures", "requests_per_second",
-    "images_per_second", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "generator_cpu", "unreliable",
-    "server_requests",
+    "scenario", "batching", "label", "concurrency", "offered_rate", "seconds", "requests", "failures",
+    "requests_per_second", "images_per_second", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "max_ms", "lag_p99_ms",
+    "generator_cpu", "unreliable", "server_requests",
 ]  # fmt: skip
 
 
@@ -33,12 +33,15 @@ def verdict_text(verdicts) -> str:
     return "\n".join(lines)
 
 
-def _plots(steps, capacity=None) -> bytes:
-    scenarios = list(dict.fromkeys(s.scenario for s in steps))
-    figure, axes = plt.subplots(len(scenarios), 3, figsize=(15, 4 * len(scenarios)), squeeze=False)
+def _plots(steps, capacity=None, open_steps=()) -> bytes:
+    scenarios = list(dict.fromkeys(s.scenario for s in [*steps, *open_steps]))
+    columns = 4 if open_steps else 3
+    figure, axes = plt.subplots(len(scenarios), columns, figsize=(5 * columns, 4 * len(scenarios)), squeeze=False)
     for row, scenario in enumerate(scenarios):
         mine = [s for s in steps if s.scenario == scenario]
-        throughput, latency, batches = axes[row]
+        throughput, latency, batches = axes[row][:3]
+        if open_steps:
+            _open_plot(axes[row][3], scenario, [s for s in open_steps if s.scenario == scenario], capacity)
         for setting in dict.fromkeys(s.batching for s in mine):
             series = sorted((s for s in mine if s.batching == setting), key=lambda s: s.concurrency)
             xs = [s.concurrency for s in series]
@@ -82,6 +85,22 @@ def _plots(steps, capacity=None) -> bytes:
     return buffer.getvalue()
 
 
+def _open_plot(ax, scenario: str, steps, capacity) -> None:
+    """p50 and p99 against the achieved rate, per batching setting: the latency–throughput curve."""
+    for setting in dict.fromkeys(s.batching for s in steps):
+        series = sorted((s for s in steps if s.batching == setting), key=lambda s: s.offered_rate)
+        xs = [s.images_per_second for s in series]
+        ax.plot(xs, [s.p50_ms for s in series], marker="o", label=f"p50, batching {setting}")
+        ax.plot(xs, [s.p99_ms for s in series], marker="s", linestyle="--", label=f"p99, batching {setting}")
+    if capacity is not None:
+        ax.axvline(capacity.of(scenario_signature(scenario)).best, color="grey", linestyle=":",
+                   label="in-process best")  # fmt: skip
+    ax.set(title=f"{scenario}: open loop", xlabel="achieved images/s", ylabel="ms")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def _table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -102,14 +121,22 @@ def _step_rows(steps, capacity=None) -> list[list]:
              f"{s.requests_per_second:.1f}", f"{s.p50_ms:.0f}", f"{s.p90_ms:.0f}", f"{s.p95_ms:.0f}",
              f"{s.p99_ms:.0f}", f"{s.max_ms:.0f}", *beside,
              f"{s.failure_ratio:.1%}", f"{s.generator_cpu:.0%}" + (" ⚠ saturated" if s.unreliable else ""),
-             "–" if s.server_requests is None else s.server_requests,
+             "–" if s.server_requests is None else s.server_requests, _server_ms(s),
              ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–"]
         )  # fmt: skip
     return rows
 
 
+def _server_ms(step) -> str:
+    """The server's own account of a request's time, from its histograms: queued / model / request path."""
+    if not step.server:
+        return "–"
+    return f"{step.server['queued_ms']:.0f} / {step.server['model_ms']:.0f} / {step.server['request_path_ms']:.0f}"
+
+
 STEP_HEADERS = ["scenario", "batching", "model", "users", "img/s", "req/s", "p50 ms", "p90 ms", "p95 ms", "p99 ms",
-                "max ms", "failures", "generator CPU", "server: answered", "server batches (rows: count)"]  # fmt: skip
+                "max ms", "failures", "generator CPU", "server: answered",
+                "server ms: queued / model / request path", "server batches (rows: count)"]  # fmt: skip
 CAPACITY_HEADERS = ["in process img/s at these users (served ÷)", "in process ms at these users (p99 ÷)"]
 
 
@@ -118,6 +145,35 @@ def _step_headers(capacity) -> list[str]:
         return STEP_HEADERS
     at = STEP_HEADERS.index("failures")
     return [*STEP_HEADERS[:at], *CAPACITY_HEADERS, *STEP_HEADERS[at:]]
+
+
+OPEN_HEADERS = ["scenario", "batching", "offered req/s", "achieved img/s (÷ offered)", "send lag p99 ms",
+                "p50 ms", "p90 ms", "p99 ms", "max ms", "failures", "generator CPU",
+                "server ms: queued / model / request path", "server batches (rows: count)"]  # fmt: skip
+
+
+def _open_rows(steps) -> list[list]:
+    return [
+        [s.scenario, s.batching, f"{s.offered_rate:.1f}",
+         f"{s.images_per_second:.1f} ({s.images_per_second / s.offered_rate:.2f}×)", f"{s.lag_p99_ms:.0f}",
+         f"{s.p50_ms:.0f}", f"{s.p90_ms:.0f}", f"{s.p99_ms:.0f}", f"{s.max_ms:.0f}", f"{s.failure_ratio:.1%}",
+         f"{s.generator_cpu:.0%}" + (" ⚠ saturated" if s.unreliable else ""), _server_ms(s),
+         ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–"]
+        for s in steps
+    ]  # fmt: skip
+
+
+def _open_section(steps) -> list[str]:
+    if not steps:
+        return ["Not run: give `--rate-fractions` (of the in-process capacity) or `--rates`.", ""]
+    return [
+        "Requests sent at a rate (Poisson or evenly spaced) by a pool of users, whatever the server does; each "
+        "is timed from when it was due, so a server or generator that falls behind shows in the latency. "
+        "Achieved below offered means the rate was past what the deployment sustains.",
+        "",
+        _table(OPEN_HEADERS, _open_rows(steps)),
+        "",
+    ]
 
 
 def _capacity_section(capacity) -> list[str]:
@@ -158,7 +214,9 @@ def capacity_rows(steps, slo_file, capacity=None) -> list[list]:
 def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=None) -> list[Path]:
     """Write summary.md, report.html, steps.csv and results.json into `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
-    png = _plots(steps, capacity) if steps else b""
+    open_steps = [s for s in steps if s.offered_rate is not None]
+    steps = [s for s in steps if s.offered_rate is None]
+    png = _plots(steps, capacity, open_steps) if steps or open_steps else b""
     machine_rows = [[k, v] for k, v in machine.items()]
     verdict_rows = [[v.scenario, v.objective, v.wanted, v.measured, "met" if v.ok else "**missed**"] for v in verdicts]
     parts = [
@@ -192,6 +250,9 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=
         "",
         _table(_step_headers(capacity), _step_rows(steps, capacity)),
         "",
+        "## Open loop: latency at an arrival rate",
+        "",
+        *_open_section(open_steps),
         "## Candidate vs current",
         "",
         _table(_step_headers(capacity), _step_rows(comparison, capacity))
@@ -219,13 +280,14 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([*COLUMNS, "batches"])
-    for s in [*steps, *comparison]:
+    for s in [*steps, *open_steps, *comparison]:
         row = asdict(s)
         writer.writerow([*(row[c] for c in COLUMNS), json.dumps(s.batches)])
     _atomic(paths[2], buffer.getvalue().encode())
     results = {
         "machine": machine,
         "steps": [asdict(s) for s in steps],
+        "open_loop": [asdict(s) for s in open_steps],
         "comparison": [asdict(s) for s in comparison],
         "verdicts": [asdict(v) for v in verdicts],
         "capacity": capacity.to_json() if capacity is not None else None,

@@ -38,6 +38,7 @@ from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_fl
 from . import capacity as capacity_mod
 from . import report, slo
 from .inputs import load_inputs
+from .openloop import Arrivals, percentile_ms
 from .users import TARGET, USERS
 
 PROFILES = {  # concurrency sweep, warm-up and measured seconds per step
@@ -69,6 +70,9 @@ class Step:
     server_requests: int | None = None  # server-side: requests it answered OK while measured
     failure_examples: list[str] = field(default_factory=list)
     label: str = ""  # the model version or label asked for, when comparing two
+    offered_rate: float | None = None  # open loop: requests/s scheduled (None: closed loop, `concurrency` users)
+    lag_p99_ms: float = 0.0  # open loop: how late the generator sent its requests (p99), counted in latency
+    server: dict[str, float] = field(default_factory=dict)  # mean ms per request: queued, in the model, request path
 
     @property
     def failure_ratio(self) -> float:
@@ -78,8 +82,17 @@ class Step:
 # ---------------------------------------------------------------------------- the server's metrics
 
 
-def scrape(rest_url: str) -> tuple[dict[str, int], int] | None:
-    """From the server's Prometheus page: cumulative processed-batch-size buckets, and requests answered OK."""
+# TF Serving's latency histograms (microseconds): what the request path, the model and the batch queue took.
+LATENCIES = {
+    "request": ":tensorflow:serving:request_latency",  # the whole request inside the server
+    "runtime": ":tensorflow:serving:runtime_latency",  # the Session run, batch queue included
+    "queued": ":tensorflow:serving:batching_session:queuing_latency",  # enqueue → batch start
+}
+
+
+def scrape(rest_url: str) -> tuple[dict[str, int], int, dict[str, tuple[float, float]]] | None:
+    """From the server's Prometheus page: cumulative processed-batch-size buckets, requests answered OK,
+    and (sum µs, count) of each latency histogram."""
     try:
         samples = fetch_page(rest_url)
     except OSError:
@@ -89,7 +102,29 @@ def scrape(rest_url: str) -> tuple[dict[str, int], int] | None:
     answered = sum(
         int(value) for key, value in samples.items() if key.startswith(REQUEST_COUNT + "{") and 'status="OK"' in key
     )
-    return buckets, answered
+    latencies = {}
+    for what, name in LATENCIES.items():
+        total = sum(v for k, v in samples.items() if k.startswith(name + "_sum"))
+        count = sum(v for k, v in samples.items() if k.startswith(name + "_count"))
+        latencies[what] = (total, count)
+    return buckets, answered, latencies
+
+
+def time_breakdown(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per request between two scrapes: queued for a batch, in the model, in the request path."""
+    means = {}
+    for what in LATENCIES:
+        total, count = (a - b for a, b in zip(after.get(what, (0, 0)), before.get(what, (0, 0)), strict=True))
+        if count > 0:
+            means[what] = total / count / 1000
+    if "request" not in means or "runtime" not in means:
+        return {}
+    queued = means.get("queued", 0.0)
+    return {
+        "queued_ms": queued,
+        "model_ms": max(0.0, means["runtime"] - queued),
+        "request_path_ms": max(0.0, means["request"] - means["runtime"]),
+    }
 
 
 def batch_histogram(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int]:
@@ -121,17 +156,30 @@ def _size(limit: str, upper: bool = False) -> str:
 # ---------------------------------------------------------------------------- one step
 
 
-def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, rest_url: str, batching: str) -> Step:
-    """Run one Locust step in this process and measure it."""
+def run_step(
+    scenario: str,
+    concurrency: int,
+    warmup: float,
+    seconds: float,
+    rest_url: str,
+    batching: str,
+    arrivals: Arrivals | None = None,
+) -> Step:
+    """Run one Locust step in this process and measure it: `concurrency` users back to back, or, given
+    `arrivals`, a pool of `concurrency` users sending at its rate (open loop)."""
     user_class = USERS[scenario]
     environment = Environment(user_classes=[user_class], host=rest_url, catch_exceptions=True)
     runner = environment.create_local_runner()
+    TARGET.arrivals = arrivals
     runner.start(concurrency, spawn_rate=concurrency)
     gevent.sleep(warmup)
     before = scrape(rest_url)
     process = psutil.Process()
     # The window opens here, after the scrape: what finished while it ran is warm-up.
     environment.stats.reset_all()
+    if arrivals is not None:
+        arrivals.lags.clear()
+        arrivals.recording = True
     cpu_before, started = process.cpu_times(), time.monotonic()
     gevent.sleep(seconds)
     cpu_after, elapsed = process.cpu_times(), time.monotonic() - started
@@ -142,7 +190,9 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
     examples = [f"{error.name}: {error.error}" for error in list(environment.stats.errors.values())[:3]]
     max_ms = total.max_response_time or 0.0
     after = scrape(rest_url)  # before the users stop: what they finish while stopping is not this step's
+    lags = list(arrivals.lags) if arrivals is not None else []
     runner.quit()
+    TARGET.arrivals = None
     cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
     ok = requests - failures
     return Step(
@@ -164,14 +214,24 @@ def run_step(scenario: str, concurrency: int, warmup: float, seconds: float, res
         batches=batch_histogram(before[0], after[0]) if before and after else {},
         server_requests=after[1] - before[1] if before and after else None,
         failure_examples=examples,
+        offered_rate=arrivals.rate if arrivals is not None else None,
+        lag_p99_ms=percentile_ms(lags, 0.99),
+        server=time_breakdown(before[2], after[2]) if before and after else {},
     )
 
 
 def _say(step: Step) -> None:
     flag = "  UNRELIABLE: load generator saturated" if step.unreliable else ""
     batches = ", ".join(f"{k}: {v}" for k, v in step.batches.items()) or "–"
+    load = f"c={step.concurrency:<3}" if step.offered_rate is None else f"offered {step.offered_rate:5.1f}/s"
+    server = step.server
+    if server:
+        batches += (f"  server ms: queued {server['queued_ms']:.0f}, model {server['model_ms']:.0f}, "
+                    f"request path {server['request_path_ms']:.0f}")  # fmt: skip
+    if step.offered_rate is not None:
+        batches += f"  send lag p99 {step.lag_p99_ms:.0f} ms"
     print(
-        f"  {step.scenario:<12} batching {step.batching:<3} {step.label:<10} c={step.concurrency:<3} "
+        f"  {step.scenario:<12} batching {step.batching:<3} {step.label:<10} {load} "
         f"{step.images_per_second:6.1f} img/s  p50 {step.p50_ms:5.0f}  p99 {step.p99_ms:5.0f} ms  "
         f"fail {step.failure_ratio:.1%}  gen CPU {step.generator_cpu:.0%}  batches {batches}{flag}",
         flush=True,
@@ -248,7 +308,22 @@ def sweep(args, rest_url: str, grpc_target: str, batching: str) -> list[Step]:
             step = run_step(scenario, concurrency, args.warmup, args.seconds, rest_url, batching)
             _say(step)
             steps.append(step)
+        for rate in offered_rates(args, scenario):
+            arrivals = Arrivals(rate, poisson=args.arrivals == "poisson", seed=len(steps))
+            step = run_step(scenario, args.pool, args.warmup, args.seconds, rest_url, batching, arrivals)
+            _say(step)
+            steps.append(step)
     return steps
+
+
+def offered_rates(args, scenario: str) -> list[float]:
+    """The open-loop steps' arrival rates: --rates as given, or --rate-fractions of the measured capacity."""
+    if args.rates:
+        return args.rates
+    if args.rate_fractions:
+        best = args.capacity_measured.of(capacity_mod.scenario_signature(scenario)).best
+        return [round(fraction * best, 1) for fraction in args.rate_fractions]
+    return []
 
 
 def compare(args, rest_url: str, grpc_target: str, rounds: int) -> list[Step]:
@@ -300,6 +375,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate", help="model version or label to roll out")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the candidate comparison")
     parser.add_argument("--model", default="resnet18")
+    open_loop = parser.add_argument_group("open-loop steps (after each scenario's concurrency steps)")
+    open_loop.add_argument("--rates", help="comma-separated arrival rates, requests/s (one image each)")
+    open_loop.add_argument("--rate-fractions", help="comma-separated fractions of the in-process capacity, "
+                           "e.g. 0.25,0.5,0.75,1,1.25 (the capacity is measured first)")  # fmt: skip
+    open_loop.add_argument("--arrivals", choices=("constant", "poisson"), default="poisson",
+                           help="spacing of the arrivals (default: poisson)")  # fmt: skip
+    open_loop.add_argument("--pool", type=int, default=64,
+                           help="users serving the arrivals: at most this many requests in flight")  # fmt: skip
     args = parser.parse_args(argv)
 
     concurrency, warmup, seconds = PROFILES[args.profile]
@@ -315,15 +398,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give both --rest and --grpc for a running server")
     if not external and not (args.models and args.serve_python):
         parser.error("give --rest and --grpc (a running server), or --models and --serve-python (the embedded one)")
+    try:
+        args.rates = [float(r) for r in args.rates.split(",")] if args.rates else []
+        args.rate_fractions = [float(f) for f in args.rate_fractions.split(",")] if args.rate_fractions else []
+    except ValueError as exc:
+        parser.error(f"--rates and --rate-fractions take comma-separated numbers: {exc}")
+    if any(r <= 0 for r in args.rates + args.rate_fractions) or args.pool < 1:
+        parser.error("arrival rates, rate fractions and --pool must be positive")
+    if args.rates and args.rate_fractions:
+        parser.error("give --rates or --rate-fractions, not both")
     if bool(args.current) != bool(args.candidate):
         parser.error("give both --current and --candidate, or neither")
     try:
         args.slo_file = slo.load(args.slo, args.scenarios)
     except slo.SloError as exc:
         parser.error(str(exc))
-    if args.slo_file.relative and not args.capacity and not (args.models and args.serve_python):
+    needs_capacity = args.slo_file.relative or bool(args.rate_fractions)
+    if needs_capacity and not args.capacity and not (args.models and args.serve_python):
         parser.error(
-            f"{args.slo} states objectives relative to the model's in-process capacity on this machine: give "
+            f"{args.slo} states objectives (or --rate-fractions asks for rates) relative to the model's in-process "
+            "capacity on this machine: give "
             "--models and --serve-python to measure it (also with --rest/--grpc), or --capacity FILE, or use "
             "absolute objectives (--slo loadtest/slo-absolute.toml)"
         )
@@ -333,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.capacity:
             capacity = capacity_mod.load(args.capacity)
-        elif args.slo_file.relative:
+        elif needs_capacity:
             print("measuring the model in process first (the yardstick of the relative objectives)", flush=True)
             capacity = measure_capacity(args.serve_python, args.artifacts, args.models / args.model,
                                         args.out / "capacity.json")  # fmt: skip
     except (capacity_mod.CapacityError, slo.SloError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    args.capacity_measured = capacity
     if capacity is not None:
         print(f"capacity: {capacity.describe()}", flush=True)
     machine = {

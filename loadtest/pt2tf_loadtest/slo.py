@@ -97,9 +97,12 @@ def load(path: Path, scenarios: list[str]) -> SloFile:
 
 
 def _at(steps, scenario: str, batching: str, concurrency: int):
+    """The closed-loop step of `scenario` at `concurrency` users (open-loop steps are judged by their rate)."""
     return next(
-        (s for s in steps if s.scenario == scenario and s.batching == batching and s.concurrency == concurrency), None
-    )
+        (s for s in steps if s.scenario == scenario and s.batching == batching and s.concurrency == concurrency
+         and getattr(s, "offered_rate", None) is None),
+        None,
+    )  # fmt: skip
 
 
 def gate(slo: SloFile, steps: list, comparison: list, capacity: Capacity | None = None) -> list[Verdict]:
@@ -111,7 +114,7 @@ def gate(slo: SloFile, steps: list, comparison: list, capacity: Capacity | None 
         c = objective.concurrency
         step = _at(steps, scenario, "on", c) or _at(steps, scenario, "as configured", c)
         if step is None:
-            ran = sorted({s.concurrency for s in steps if s.scenario == scenario})
+            ran = sorted({s.concurrency for s in steps if s.scenario == scenario and s.offered_rate is None})
             verdicts.append(Verdict(scenario, f"a step at {c} users, where the objectives apply", "run",
                                     f"not run (ran {ran})", False))  # fmt: skip
             continue

@@ -28,6 +28,7 @@ from locust.contrib.fasthttp import FastHttpUser
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from .inputs import PREDICT_IMAGES, SERVING_DEFAULT, Inputs, Payload
+from .openloop import Arrivals, sending_lag
 
 grpc_gevent.init_gevent()  # gRPC's I/O must yield to gevent, or one user blocks them all
 # TensorFlow (for TF Serving's protos) is imported here, once: imported lazily by users starting
@@ -46,6 +47,7 @@ class Target:
     label: str | None = None
     inputs: Inputs | None = None
     timeout: float = 60.0
+    arrivals: Arrivals | None = None  # open-loop load: each request waits for its due time (openloop.py)
 
     def rest_path(self) -> str:
         path = f"/v1/models/{self.model}"
@@ -100,6 +102,7 @@ class TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
         except Exception as error:  # a wrong answer, or one too odd to check: a failure either way
             exception = error if isinstance(error, WrongAnswer) else WrongAnswer(f"{type(error).__name__}: {error}")
             elapsed = elapsed if elapsed is not None else time.perf_counter() - started
+        elapsed += sending_lag()  # open-loop load: timed from when the request was due, not when it went out
         self.environment.events.request.fire(
             request_type="grpc",
             name=client_call_details.method.rsplit("/", 1)[-1] + f" {request.model_spec.signature_name}",
@@ -111,6 +114,33 @@ class TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
         return call
 
 
+_REQUESTS: dict[tuple, tuple[list, dict[int, int], list[Payload]]] = {}
+
+
+def _grpc_requests(signature: str, input_key: str, payloads: list[Payload]) -> tuple[list, dict[int, int]]:
+    """PredictRequests for `payloads` and each one's expected class, built once and shared by every user."""
+    # The payloads' identities are in the key, and the entry keeps them alive so no other object can take
+    # their ids: a step with other inputs or answers never reuses another step's requests.
+    key = (signature, TARGET.model, TARGET.version, TARGET.label, tuple(id(p) for p in payloads))
+    if key not in _REQUESTS:
+        requests, expected = [], {}
+        for payload in payloads:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = TARGET.model
+            request.model_spec.signature_name = signature
+            if TARGET.version is not None:
+                request.model_spec.version.value = TARGET.version
+            elif TARGET.label is not None:
+                request.model_spec.version_label = TARGET.label
+            request.inputs[input_key].CopyFrom(tf.make_tensor_proto(payload.grpc_value))
+            requests.append(request)
+            expected[id(request)] = payload.expected_class
+        _REQUESTS.clear()  # one target at a time: the last one's requests only
+        _REQUESTS[key] = (requests, expected, list(payloads))
+    requests, expected, _ = _REQUESTS[key]
+    return requests, expected
+
+
 class _GrpcUser(User):
     """A gRPC PredictionService client whose calls the interceptor times; subclasses pick the payloads."""
 
@@ -120,20 +150,7 @@ class _GrpcUser(User):
     input_key = "input"
 
     def on_start(self) -> None:
-        payloads = self.payloads()
-        self.requests = []
-        self.expected: dict[int, int] = {}
-        for payload in payloads:
-            request = predict_pb2.PredictRequest()
-            request.model_spec.name = TARGET.model
-            request.model_spec.signature_name = self.signature
-            if TARGET.version is not None:
-                request.model_spec.version.value = TARGET.version
-            elif TARGET.label is not None:
-                request.model_spec.version_label = TARGET.label
-            request.inputs[self.input_key].CopyFrom(tf.make_tensor_proto(payload.grpc_value))
-            self.requests.append(request)
-            self.expected[id(request)] = payload.expected_class
+        self.requests, self.expected = _grpc_requests(self.signature, self.input_key, self.payloads())
         self.cycle = itertools.cycle(self.requests)
         options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
         self.channel = grpc.insecure_channel(TARGET.grpc, options=options)
@@ -149,6 +166,8 @@ class _GrpcUser(User):
 
     @task
     def predict(self) -> None:
+        if TARGET.arrivals is not None:
+            TARGET.arrivals.wait()
         with contextlib.suppress(grpc.RpcError):  # already reported by the interceptor
             self.stub.Predict(next(self.cycle), timeout=TARGET.timeout)
 
@@ -190,9 +209,11 @@ class _RestUser(FastHttpUser):
 
     @task
     def predict(self) -> None:
+        lag = TARGET.arrivals.wait() if TARGET.arrivals is not None else 0.0
         payload = next(self.cycle)
         name = f":predict {self.signature}"
         with self.client.post(TARGET.rest_path(), data=payload.rest_body, name=name, catch_response=True) as answer:
+            answer.request_meta["response_time"] += lag * 1000  # open loop: timed from when it was due
             if answer.status_code != 200:
                 answer.failure(f"HTTP {answer.status_code}: {(answer.text or '')[:200]}")
                 return

@@ -306,6 +306,38 @@ def test_relative_objectives_without_a_way_to_measure_the_capacity_are_refused(a
     assert "relative to the model's in-process capacity" in capsys.readouterr().err
 
 
+def test_open_loop_steps_send_at_a_rate_and_time_each_request_from_when_it_was_due(
+    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+):
+    best = runner.capacity_mod.load(capacity_file).of("serving_default").best
+    out = tmp_path / "report"
+    # A low rate any machine sustains, then five times what one user in flight can get through.
+    code = run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out", out,
+                "--capacity", capacity_file, "--scenarios", "grpc-tensor,rest-image", "--concurrency", 4,
+                "--batching", "on", "--warmup", 1, "--seconds", 4, "--rate-fractions", "0.1",
+                "--slo", slo_file(tmp_path)])  # fmt: skip
+    assert code == 0, capsys.readouterr().out
+    found = results(out)
+    assert {s["offered_rate"] is None for s in found["steps"]} == {True}  # the gate's closed-loop steps
+    opened = found["open_loop"]
+    assert {s["scenario"] for s in opened} == {"grpc-tensor", "rest-image"}
+    for step in opened:
+        assert step["failures"] == 0 and step["requests"] > 0, step
+        assert set(step["server"]) == {"queued_ms", "model_ms", "request_path_ms"}, step
+        assert step["server"]["model_ms"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "## Open loop: latency at an arrival rate" in summary and "send lag p99 ms" in summary
+    overloaded = tmp_path / "overloaded"
+    code = run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out", overloaded,
+                "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", 1, "--batching", "on",
+                "--warmup", 1, "--seconds", 3, "--rates", f"{5 * best:.1f}", "--pool", 1,
+                "--arrivals", "constant", "--slo", slo_file(tmp_path)])  # fmt: skip
+    step = results(overloaded)["open_loop"][0]
+    # One request in flight cannot keep up: arrivals wait, and the wait is in the latency, not hidden.
+    assert step["images_per_second"] < 0.5 * step["offered_rate"], step
+    assert step["lag_p99_ms"] > 100 and step["p99_ms"] >= step["lag_p99_ms"], step
+
+
 def _batching(folder: Path, **fields: int) -> Path:
     """docker/config's batching.config with some fields changed, as a file of its own."""
     text = (REPOSITORY_CONFIG / "batching.config").read_text()

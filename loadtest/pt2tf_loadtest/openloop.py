@@ -1,0 +1,67 @@
+"""Open-loop load: requests go out at a target arrival rate, whatever the server does.
+
+Closed-loop users (the next request on the last answer) set latency by their number (Little's
+law) and slow down with a slow server, hiding how late its answers are. Here the arrivals are a
+schedule — evenly spaced, or Poisson — that the users of a fixed pool take turns to serve: a user
+takes the next due time, sleeps until it, sends. Each request is timed from the moment it was
+due, so when every user is busy (the server, or the generator, fell behind) the wait before
+sending is counted in its latency, not hidden. The schedule's own lateness (how long after its
+due time each request went out) is kept as the generator's lag.
+
+Locust stays the engine: the users are the closed-loop ones (users.py), their timing and answer
+checks unchanged; only the wait before each request, and its addition to the reported time, are
+this module's.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import gevent
+
+# Greenlet-local under Locust's gevent patching: the lag of the request this user is sending.
+_sending = threading.local()
+
+
+class Arrivals:
+    """A shared schedule of due times at `rate` per second; users take the next one in turn."""
+
+    def __init__(self, rate: float, poisson: bool = False, seed: int = 0):
+        if rate <= 0:
+            raise ValueError(f"an arrival rate must be positive, not {rate}")
+        self.rate, self.poisson = rate, poisson
+        self._random = random.Random(seed)
+        self._next = time.monotonic()
+        self.lags: list[float] = []  # seconds each request went out after it was due, while recording
+        self.recording = False
+
+    def _gap(self) -> float:
+        return self._random.expovariate(self.rate) if self.poisson else 1.0 / self.rate
+
+    def wait(self) -> float:
+        """Sleep until this user's next due time; returns how late it is (seconds), to add to its latency."""
+        due = self._next
+        self._next += self._gap()
+        delay = due - time.monotonic()
+        if delay > 0:
+            gevent.sleep(delay)
+        lag = max(0.0, time.monotonic() - due)
+        if self.recording:
+            self.lags.append(lag)
+        _sending.lag = lag
+        return lag
+
+
+def sending_lag() -> float:
+    """The lag of the request the current user is sending (0 in closed-loop load)."""
+    return getattr(_sending, "lag", 0.0)
+
+
+def percentile_ms(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (seconds) in milliseconds; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
