@@ -73,6 +73,7 @@ class Step:
     offered_rate: float | None = None  # open loop: requests/s scheduled (None: closed loop, `concurrency` users)
     lag_p99_ms: float = 0.0  # open loop: how late the generator sent its requests (p99), counted in latency
     server: dict[str, float] = field(default_factory=dict)  # mean ms per request: queued, in the model, request path
+    by_name: dict[str, dict] = field(default_factory=dict)  # Locust's entries: "Predict serving_default @canary" → …
 
     @property
     def failure_ratio(self) -> float:
@@ -189,6 +190,12 @@ def run_step(
     percentiles = {p: float(total.get_response_time_percentile(p) or 0) for p in (0.50, 0.90, 0.95, 0.99)}
     examples = [f"{error.name}: {error.error}" for error in list(environment.stats.errors.values())[:3]]
     max_ms = total.max_response_time or 0.0
+    by_name = {
+        entry.name: {"requests": entry.num_requests, "failures": entry.num_failures,
+                     "p50_ms": float(entry.get_response_time_percentile(0.50) or 0),
+                     "p99_ms": float(entry.get_response_time_percentile(0.99) or 0)}
+        for entry in environment.stats.entries.values()
+    }  # fmt: skip
     after = scrape(rest_url)  # before the users stop: what they finish while stopping is not this step's
     lags = list(arrivals.lags) if arrivals is not None else []
     runner.quit()
@@ -217,6 +224,7 @@ def run_step(
         offered_rate=arrivals.rate if arrivals is not None else None,
         lag_p99_ms=percentile_ms(lags, 0.99),
         server=time_breakdown(before[2], after[2]) if before and after else {},
+        by_name=by_name,
     )
 
 
@@ -251,9 +259,10 @@ class ManagedServer:
         batching: bool,
         specific_versions: list[int] | None,
         extra_flags: list[str] = (),
+        config: Path | None = None,
     ):
         folder = Path(tempfile.mkdtemp(prefix="pt2tf-loadtest-"))
-        config = config_copy(folder / "config")
+        config = config or config_copy(folder / "config")  # a caller's config folder stays the caller's
         if specific_versions:
             text = (config / "models.config").read_text()
             versions = " ".join(f"versions: {v}" for v in specific_versions)

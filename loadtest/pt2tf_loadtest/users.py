@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,14 +49,34 @@ class Target:
     inputs: Inputs | None = None
     timeout: float = 60.0
     arrivals: Arrivals | None = None  # open-loop load: each request waits for its due time (openloop.py)
+    split: LabelSplit | None = None  # each request picks its version label (a canary's share of traffic)
 
-    def rest_path(self) -> str:
+    def request_label(self) -> str | None:
+        """The label this request asks for: the split's pick, else the fixed one (None: no label)."""
+        return self.split.pick() if self.split is not None else self.label
+
+    def rest_path(self, label: str | None = None) -> str:
         path = f"/v1/models/{self.model}"
         if self.version is not None:
             path += f"/versions/{self.version}"
-        elif self.label is not None:
-            path += f"/labels/{self.label}"
+        elif label is not None:
+            path += f"/labels/{label}"
         return path + ":predict"
+
+
+class LabelSplit:
+    """Client-side traffic split between two version labels, as a TF Serving client must do it: the server
+    routes by the label a request names and splits nothing itself. A real client does the same per request
+    (gRPC `model_spec.version_label`, REST `/labels/<label>`), with its own share and random source."""
+
+    def __init__(self, share: float, label: str = "canary", other: str = "stable", seed: int = 0):
+        if not 0 <= share <= 1:
+            raise ValueError(f"a traffic share is between 0 and 1, not {share}")
+        self.share, self.label, self.other = share, label, other
+        self._random = random.Random(seed)
+
+    def pick(self) -> str:
+        return self.label if self._random.random() < self.share else self.other
 
 
 TARGET = Target()
@@ -105,7 +126,9 @@ class TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
         elapsed += sending_lag()  # open-loop load: timed from when the request was due, not when it went out
         self.environment.events.request.fire(
             request_type="grpc",
-            name=client_call_details.method.rsplit("/", 1)[-1] + f" {request.model_spec.signature_name}",
+            name=client_call_details.method.rsplit("/", 1)[-1]
+            + f" {request.model_spec.signature_name}"
+            + (f" @{request.model_spec.version_label}" if request.model_spec.version_label else ""),
             response_time=elapsed * 1000,
             response_length=length,
             exception=exception,
@@ -117,11 +140,13 @@ class TimingInterceptor(grpc.UnaryUnaryClientInterceptor):
 _REQUESTS: dict[tuple, tuple[list, dict[int, int], list[Payload]]] = {}
 
 
-def _grpc_requests(signature: str, input_key: str, payloads: list[Payload]) -> tuple[list, dict[int, int]]:
+def _grpc_requests(
+    signature: str, input_key: str, payloads: list[Payload], label: str | None
+) -> tuple[list, dict[int, int]]:
     """PredictRequests for `payloads` and each one's expected class, built once and shared by every user."""
     # The payloads' identities are in the key, and the entry keeps them alive so no other object can take
     # their ids: a step with other inputs or answers never reuses another step's requests.
-    key = (signature, TARGET.model, TARGET.version, TARGET.label, tuple(id(p) for p in payloads))
+    key = (signature, TARGET.model, TARGET.version, label, tuple(id(p) for p in payloads))
     if key not in _REQUESTS:
         requests, expected = [], {}
         for payload in payloads:
@@ -130,12 +155,13 @@ def _grpc_requests(signature: str, input_key: str, payloads: list[Payload]) -> t
             request.model_spec.signature_name = signature
             if TARGET.version is not None:
                 request.model_spec.version.value = TARGET.version
-            elif TARGET.label is not None:
-                request.model_spec.version_label = TARGET.label
+            elif label is not None:
+                request.model_spec.version_label = label
             request.inputs[input_key].CopyFrom(tf.make_tensor_proto(payload.grpc_value))
             requests.append(request)
             expected[id(request)] = payload.expected_class
-        _REQUESTS.clear()  # one target at a time: the last one's requests only
+        if len(_REQUESTS) > 4:  # one target at a time (two labels, two signatures at most): no growth
+            _REQUESTS.clear()
         _REQUESTS[key] = (requests, expected, list(payloads))
     requests, expected, _ = _REQUESTS[key]
     return requests, expected
@@ -150,12 +176,20 @@ class _GrpcUser(User):
     input_key = "input"
 
     def on_start(self) -> None:
-        self.requests, self.expected = _grpc_requests(self.signature, self.input_key, self.payloads())
-        self.cycle = itertools.cycle(self.requests)
+        self.cycles: dict[str | None, Any] = {}
+        self.expected: dict[int, int] = {}
         options = [("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)]
         self.channel = grpc.insecure_channel(TARGET.grpc, options=options)
         intercepted = grpc.intercept_channel(self.channel, TimingInterceptor(self.environment, self._check))
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(intercepted)
+
+    def _next_request(self):
+        label = TARGET.request_label()
+        if label not in self.cycles:
+            requests, expected = _grpc_requests(self.signature, self.input_key, self.payloads(), label)
+            self.cycles[label] = itertools.cycle(requests)
+            self.expected.update(expected)
+        return next(self.cycles[label])
 
     def payloads(self) -> list[Payload]:
         raise NotImplementedError
@@ -169,7 +203,7 @@ class _GrpcUser(User):
         if TARGET.arrivals is not None:
             TARGET.arrivals.wait()
         with contextlib.suppress(grpc.RpcError):  # already reported by the interceptor
-            self.stub.Predict(next(self.cycle), timeout=TARGET.timeout)
+            self.stub.Predict(self._next_request(), timeout=TARGET.timeout)
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -211,8 +245,10 @@ class _RestUser(FastHttpUser):
     def predict(self) -> None:
         lag = TARGET.arrivals.wait() if TARGET.arrivals is not None else 0.0
         payload = next(self.cycle)
-        name = f":predict {self.signature}"
-        with self.client.post(TARGET.rest_path(), data=payload.rest_body, name=name, catch_response=True) as answer:
+        label = TARGET.request_label()
+        name = f":predict {self.signature}" + (f" @{label}" if label else "")
+        path = TARGET.rest_path(label)
+        with self.client.post(path, data=payload.rest_body, name=name, catch_response=True) as answer:
             answer.request_meta["response_time"] += lag * 1000  # open loop: timed from when it was due
             if answer.status_code != 200:
                 answer.failure(f"HTTP {answer.status_code}: {(answer.text or '')[:200]}")

@@ -20,9 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pt2tf_loadtest import runner, slo
+from pt2tf_loadtest import rollout, runner, slo
 from pt2tf_loadtest.inputs import load_inputs
 from pt2tf_loadtest.users import TARGET
+from pt2tf_serve.client import GrpcClient
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 
 MODEL = "resnet18"
@@ -347,3 +348,81 @@ def _batching(folder: Path, **fields: int) -> Path:
     path = folder / "batching.config"
     path.write_text(text)
     return path
+
+
+# ---------------------------------------------------------------------------- rollout
+
+
+def _candidate(serve_python: Path, source: Path, target: Path, *flags: str) -> None:
+    done = subprocess.run([str(serve_python), str(Path(__file__).with_name("shifted_version.py")), str(source),
+                           str(target), *flags], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _served(config_file: Path) -> tuple[list[int], dict[str, int]]:
+    entry = rollout.read_config(config_file).model_config_list.config[0]
+    return list(entry.model_version_policy.specific.versions), dict(entry.version_labels)
+
+
+def test_rollout_promotes_an_identical_candidate_and_rolls_back_a_wrong_or_slower_one(
+    artifacts, models, serve_python, capacity_file, tmp_path
+):
+    repo = tmp_path / "models" / MODEL
+    shutil.copytree(models / MODEL / "1", repo / "1")
+    shutil.copytree(repo / "1", repo / "2")  # identical
+    _candidate(serve_python, repo / "1", repo / "3")  # answers shifted by one class
+    _candidate(serve_python, repo / "1", repo / "4", "--slower", "6")  # the same answers, six times the work
+    config = config_copy(tmp_path / "config")
+    models_config = config / "models.config"
+    models_config.write_text(str(rollout.with_versions(rollout.read_config(models_config), MODEL, [1], {"stable": 1})))
+    best = runner.capacity_mod.load(capacity_file).of("serving_default").best
+    rate = round(0.3 * best, 1)
+    seconds = max(3.0, 60 / rate)  # at least ~60 requests per label and step, on any CPU kind
+    # p50 and p99 of a few seconds at a rate move a lot on a shared machine: the tolerances here only
+    # catch a candidate that is clearly slower, as the heavier one is at twice its capacity.
+    loose = ["--tolerance", 2, "--tail-tolerance", 4]
+    flags = embedded_flags(config, tmp_path / "models", "--allow_version_labels_for_unavailable_models=true")
+    with ServerProcess(flags, python=str(serve_python)) as server:
+        common = ["--artifacts", artifacts, "--grpc", server.grpc_target, "--rest", server.rest_url, "--config",
+                  models_config, "--rounds", 1, "--warmup", 1, "--drain-seconds", 1, "--gate-seconds", seconds,
+                  "--canary-seconds", seconds, "--switch-seconds", seconds + 3, "--canary-share", 0.3,
+                  *loose]  # fmt: skip
+
+        def roll(name: str, *more) -> tuple[int, dict]:
+            code = rollout.main([str(a) for a in [*common, "--out", tmp_path / name, *more]])
+            return code, json.loads((tmp_path / name / "rollout.json").read_text())
+
+        code, record = roll("wrong", "--stable", 1, "--candidate", 3, "--rate", rate)
+        missed = {g["name"] for g in record["gates"] if not g["ok"]}
+        assert code == 1 and "gate: canary failures" in missed, record["gates"]
+        assert "gate: stable failures" not in missed  # stable served throughout
+        assert record["outcome"].startswith("rolled back") and record["applied"][-1]["step"] == "rollback"
+        assert _served(models_config) == ([1], {"stable": 1})
+
+        code, record = roll("identical", "--stable", 1, "--candidate", 2, "--rate", rate)
+        assert code == 0, record["gates"]
+        switch = next(g for g in record["gates"] if g["name"].startswith("switch"))
+        assert switch["ok"] and switch["measured"].startswith("0 of "), switch  # no request failed as labels moved
+        assert [a["step"] for a in record["applied"]] == ["load", "label", "promote", "retire"]
+        assert _served(models_config) == ([2], {"stable": 2})
+
+        code, record = roll("slower", "--stable", 2, "--candidate", 4, "--rate", round(0.6 * best, 1))
+        missed = {g["name"] for g in record["gates"] if not g["ok"]}
+        assert code == 1 and "gate: canary p50 ÷ stable p50" in missed, record["gates"]
+        assert _served(models_config) == ([2], {"stable": 2})
+        with GrpcClient(server.grpc_target, timeout=60) as client:
+            states = {s["version"]: s["state"] for s in client.status(MODEL)["model_version_status"]}
+        assert states.get("2") == "AVAILABLE" and states.get("4") != "AVAILABLE", states
+
+
+def test_rollout_dry_run_prints_the_plan_and_changes_nothing(artifacts, tmp_path, capsys):
+    models_config = config_copy(tmp_path / "config") / "models.config"
+    before = models_config.read_text()
+    code = rollout.main([str(a) for a in ["--artifacts", artifacts, "--grpc", "127.0.0.1:1", "--rest",
+                         "http://127.0.0.1:1", "--config", models_config, "--stable", 1, "--candidate", 2,
+                         "--rate", 10, "--dry-run", "--out", tmp_path / "out"]])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    for step in ("load", "label", "promote", "retire"):
+        assert f"[{step}] would apply" in printed
+    assert "versions: 2" in printed and models_config.read_text() == before
