@@ -23,9 +23,8 @@ SERVICES = ("", "ModelService", "PredictionService")
 
 
 def serving_status(core: ServerCore) -> int:
-    """SERVING when every configured model has a version AVAILABLE, else NOT_SERVING."""
-    models = list(core.models.values())
-    ready = bool(models) and all(model.available() for model in models if not model.removed)
+    """SERVING when every configured model has a version AVAILABLE (so with none, as TF Serving), else NOT_SERVING."""
+    ready = all(model.available() for model in list(core.models.values()) if not model.removed)
     return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
