@@ -391,6 +391,10 @@ def test_the_overlay_runs_as_the_readme_applies_it(cluster, tmp_path, lane):
     assert (volume / "models" / lane / MODEL / "1" / "saved_model.pb").is_file()
     assert (volume / "artifacts" / lane / "reference.npz").is_file()
     assert (volume / "reports" / lane).is_dir() and not (volume / "incoming").exists()
+    # TF Serving runs as root, nobody on NFS (root squash): it reads only what others may read.
+    for published in (volume / "models" / lane, volume / "artifacts" / lane):
+        unreadable = [str(p) for p in [published, *published.rglob("*")] if not p.stat().st_mode & 0o004]
+        assert unreadable == [], f"Pod/fill (fill.sh) published files others cannot read: {unreadable[:3]}"
     deployment, server, mounts, _ = serving_step(rehearsal)
     compose_healthcheck_passes(rehearsal, deployment)
     load_step(rehearsal, deployment, server, mounts)

@@ -28,6 +28,9 @@ touch "$incoming/.ready" # what the readiness probe looks for: kubectl cp may st
 while [ ! -e "$incoming/.complete" ]; do
     sleep 1
 done
+# Readable by all: convert writes versions 0700, and TF Serving's image runs as root, which NFS
+# squashes to nobody, so it reads only what others may read.
+chmod -R a+rX "$incoming"
 
 if [ -d "$incoming/artifacts" ]; then
     rm -rf "$repository/artifacts/$lane.old"
