@@ -162,9 +162,12 @@ class Cluster:
         self.processes.append((label, process, log))
         return process
 
-    def log(self, label: str) -> str:
+    def log(self, label: str, lines: int = 40) -> str:
+        """The end of a process's output, without TensorFlow's start-up noise."""
         path = self.workdir / f"{label}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        noise = ("cuda", "cuInit", "computation_placer", "absl::", "oneDNN", "cpu_feature_guard", "AVX")
+        kept = [line for line in path.read_text(errors="replace").splitlines() if not any(n in line for n in noise)]
+        return "\n".join(kept[-lines:])
 
     def stop_all(self) -> None:
         for _, process, _ in self.processes:
