@@ -39,4 +39,8 @@ def _target(environment, **_kwargs) -> None:
     TARGET.grpc = options.grpc_target
     TARGET.model = options.model_name
     TARGET.label = options.model_label
-    TARGET.inputs = load_inputs(Path(options.artifacts))
+    try:
+        TARGET.inputs = load_inputs(Path(options.artifacts))
+    except FileNotFoundError as exc:
+        # Locust only logs an exception raised here and runs its whole --run-time without inputs.
+        raise SystemExit(f"locustfile: {exc}") from exc

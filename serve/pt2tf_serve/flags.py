@@ -51,6 +51,7 @@ FLAGS: dict[str, tuple[type, object, str]] = {
     "max_num_load_retries": (int, 5, "times a failed version load is retried"),
     "load_retry_interval_micros": (int, 60_000_000, "microseconds between load retries"),
     "enable_serialization_as_tensor_content": (bool, False, "gRPC outputs as packed tensor_content, not typed fields"),
+    "enable_grpc_healthcheck_service": (bool, False, "Enable the standard gRPC healthcheck service."),
     "bind_address": (str, "127.0.0.1", "(embedded server only) address both ports bind; 0.0.0.0 for every interface"),
     "volume": (tuple, (), "(embedded server only, repeatable) HOST_DIR:/container/dir maps paths as `docker run -v`"),
 }
@@ -89,6 +90,7 @@ class Options:
     max_num_load_retries: int
     load_retry_interval_micros: int
     enable_serialization_as_tensor_content: bool
+    enable_grpc_healthcheck_service: bool
     bind_address: str
     volume: tuple[str, ...]
 

@@ -21,6 +21,7 @@ from tensorflow_serving.apis import (
 )
 
 from .core import ServerCore
+from .health import add_health_service
 from .metrics import Metrics
 from .predict import Predictor, check_example_signature, find_signature
 from .protocol import from_tensor_proto, model_metadata, model_spec, model_status, tensor_proto
@@ -169,6 +170,7 @@ def start_grpc(
     address: str,
     max_threads: int,
     tensor_content: bool,
+    health_check: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Start the gRPC server on `address`; returns it and the bound port."""
     options = [
@@ -183,6 +185,8 @@ def start_grpc(
         PredictionService(core, predictor, metrics, tensor_content), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
+    if health_check:  # --enable_grpc_healthcheck_service
+        add_health_service(server, core)
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}: the port is taken or the address is not local")

@@ -196,7 +196,7 @@ class ModelServer:
         address = f"{options.bind_address}:{options.port}"
         self.grpc_server, self.grpc_port = start_grpc(
             self.core, self.predictor, self.metrics, self.reload, address, max_threads,
-            options.enable_serialization_as_tensor_content,
+            options.enable_serialization_as_tensor_content, options.enable_grpc_healthcheck_service,
         )  # fmt: skip
         _log(f"Running gRPC ModelServer at {options.bind_address}:{self.grpc_port} ...")
 

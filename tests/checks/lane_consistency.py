@@ -60,6 +60,12 @@ def _workflow(matrix: Matrix, path: Path) -> list[str]:
     needs = serving.get("needs") or []
     if "lane" not in ([needs] if isinstance(needs, str) else needs):
         problems.append(f"{path.name}: job 'serving' must need 'lane' (it serves the model that job converted)")
+    condition = str(serving.get("if", ""))
+    if "!cancelled()" not in condition and "always()" not in condition:
+        problems.append(
+            f"{path.name}: job 'serving' needs the whole 'lane' matrix, so one failed lane skips every serving "
+            "job — give it `if: ${{ !cancelled() }}`"
+        )
     return problems
 
 

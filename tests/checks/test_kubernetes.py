@@ -42,8 +42,8 @@ def test_each_overlay_renders_and_validates(tmp_path, lane):
     assert result.code == 0, result.output
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered))
     assert kinds == sorted(
-        ["Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Deployment", "Service", "Service",
-         "HorizontalPodAutoscaler", "Job"]
+        ["Namespace", "ConfigMap", "ConfigMap", "PersistentVolumeClaim", "Pod", "Deployment", "Service", "Service",
+         "HorizontalPodAutoscaler", "Job", "Job"]
     )  # fmt: skip
 
 
@@ -71,9 +71,10 @@ def test_serving_and_load_generation_have_the_promised_shape(lane):
     docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(render(ROOT, lane))}
     serving = docs["Deployment", "tfserving"]["spec"]
     container = serving["template"]["spec"]["containers"][0]
-    assert serving["replicas"] >= 2
-    assert "/v1/models/resnet18" in container["readinessProbe"]["exec"]["command"][-1]
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v1/models/resnet18"
+    assert "replicas" not in serving  # the HPA's (tests/checks/k8s_rules.py)
+    assert "/v1/models/resnet18" in container["startupProbe"]["exec"]["command"][-1]
+    assert container["readinessProbe"]["grpc"] == {"port": 8500, "service": "PredictionService"}
+    assert container["livenessProbe"]["grpc"] == {"port": 8500}
     assert container["resources"]["requests"] and container["resources"]["limits"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/models"]["subPath"] == f"models/{lane}" and mounts["/models"]["readOnly"]
@@ -84,10 +85,22 @@ def test_serving_and_load_generation_have_the_promised_shape(lane):
     assert ports == {"grpc": 8500, "http": 8501}
     assert docs["HorizontalPodAutoscaler", "tfserving"]["spec"]["scaleTargetRef"]["name"] == "tfserving"
     master = docs["Job", "locust-master"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    worker = docs["Deployment", "locust-worker"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    workers = docs["Job", "locust-worker"]["spec"]
+    worker = workers["template"]["spec"]["containers"][0]["args"]
     assert "--master" in master and "--host=http://tfserving:8501" in master
     assert "--worker" in worker and "--master-host=locust-master" in worker
     for args in (master, worker):
         assert "--locustfile=/app/loadtest/locustfile.py" in args and "--grpc-target=tfserving:8500" in args
     expected = int(next(a for a in master if a.startswith("--expect-workers=")).split("=")[1])
-    assert docs["Deployment", "locust-worker"]["spec"]["replicas"] == expected
+    assert workers["parallelism"] == workers["completions"] == expected
+    assert docs["Pod", "fill"]["spec"]["containers"][0]["args"][-1] == lane
+
+
+@pytest.mark.parametrize("lane", LANES)
+def test_every_resource_is_applied_in_one_of_the_readmes_steps(lane):
+    # README "Past one machine" applies each step with -l pt2tf.io/step=STEP: an unlabelled resource never is.
+    steps = {
+        d["metadata"]["name"]: d["metadata"].get("labels", {}).get("pt2tf.io/step")
+        for d in yaml.safe_load_all(render(ROOT, lane))
+    }
+    assert {name: step for name, step in steps.items() if step not in ("volume", "serving", "load")} == {}

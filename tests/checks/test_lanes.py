@@ -35,6 +35,7 @@ def test_a_lane_added_to_the_matrix_alone_is_reported_everywhere(copy_of):
          "lane: [onnx-tf, onnx2tf]\n    env:\n      LANE: ${{ matrix.lane }}\n      OUT:",
          "lane 'latest': lanes.yml job 'serving' does not run it"),
         (str(WORKFLOW), "    needs: lane\n", "", "job 'serving' must need 'lane'"),
+        (str(WORKFLOW), "    if: ${{ !cancelled() }}\n", "", "one failed lane skips every serving job"),
         ("toolchain.toml", 'serving_image = "tensorflow/serving:2.15.1"', 'serving_image = "tensorflow/serving:latest"',
          "lane 'onnx-tf': serving_image 'tensorflow/serving:latest' in toolchain.toml is not a released"),
         (str(DOCKERFILE), "FROM runtime AS convert-onnx2tf\nCOPY --from=env-onnx2tf",
@@ -44,8 +45,8 @@ def test_a_lane_added_to_the_matrix_alone_is_reported_everywhere(copy_of):
         (str(OVERLAYS / "latest/kustomization.yaml"), "value: models/latest", "value: models/onnx2tf",
          "lane 'latest': docker/k8s/overlays/latest/kustomization.yaml does not mount models/latest"),
     ],
-    ids=["serving-job-lacks-a-lane", "serving-before-convert", "moving-image-tag", "target-with-another-env",
-         "overlay-image-differs", "overlay-mounts-another-lane"],
+    ids=["serving-job-lacks-a-lane", "serving-before-convert", "one-failed-lane-skips-serving", "moving-image-tag",
+         "target-with-another-env", "overlay-image-differs", "overlay-mounts-another-lane"],
 )  # fmt: skip
 def test_each_broken_copy_is_named(copy_of, where, old, new, message):
     root = copy_of(*FILES)

@@ -18,6 +18,7 @@ import orjson
 import pytest
 import tensorflow as tf
 from google.protobuf import wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pt2tf_serve.client import RestClient
 from tensorflow_serving.apis import (
     classification_pb2,
@@ -462,6 +463,17 @@ def test_grpc_model_status(models):
     request.model_spec.name = "nope"
     error = grpc_error(models.GetModelStatus, request)
     assert error.code() == grpc.StatusCode.NOT_FOUND and error.details() == "Could not find any versions of model nope"
+
+
+def test_grpc_health_check_answers_as_tf_serving(channel):
+    # docker/config/server.flags turns on --enable_grpc_healthcheck_service; Kubernetes' grpc probes ask this.
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "ModelService", "PredictionService"):
+        answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+    # TF Serving registers the short names only: a probe written with the full name never passes.
+    error = grpc_error(health.Check, health_pb2.HealthCheckRequest(service="tensorflow.serving.PredictionService"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_grpc_classify_regress_and_multi_inference_on_a_predict_only_model(prediction):
