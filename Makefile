@@ -8,7 +8,7 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench loadtest conformance checks lock tools clean clean-envs help
+.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench loadtest rollout conformance checks lock tools clean clean-envs help
 LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().default_lane)")
 SERVING_IMAGE = $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().lane('$(LANE)').serving_image)")
 # auto: the real image in Docker when an engine answers and the lane's image is present, else the embedded server
@@ -18,6 +18,8 @@ SERVER ?= auto
 WEIGHTS ?= seeded
 # default: 5 concurrency steps per protocol, batching off and on (~10 min); full: the long sweep; smoke: seconds
 LOADTEST_PROFILE ?= default
+# the model version `make rollout` takes from canary to stable
+CANDIDATE ?=
 
 help:
 	@echo "make all        export → convert → verify → serve check → loadtest + SLO verdict, default lane"
@@ -28,6 +30,8 @@ help:
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
 	@echo "make loadtest   Locust sweep, SLO gate, reports/loadtest/; ARGS='--rest URL --grpc HOST:PORT' for another server"
+	@echo "make rollout CANDIDATE=N  version N from canary to stable through TF Serving's labels, gated by load;"
+	@echo "                ARGS='--grpc H:P --rest URL --config models.config --stable M' for a running TF Serving"
 	@echo "make conformance LANE=x  the conformance suite; PT2TF_CONFORMANCE_REST/_GRPC/_MODELS for a running TF Serving"
 	@echo "make checks     the workflow, Dockerfile, compose file and Kubernetes manifests through their linters and schemas"
 	@echo "make bench      PyTorch vs ONNX Runtime vs every converted lane, one run (reports/bench.md)"
@@ -93,6 +97,11 @@ serve: tools
 loadtest: tools
 	@echo "==> loadtest against the embedded server (or: make loadtest ARGS='--rest URL --grpc HOST:PORT')"
 	@PT2TF_LANE=$(LANE) $(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) $(ARGS)
+
+rollout: tools
+	@if [ -z "$(CANDIDATE)" ]; then echo "give the version to roll out: make rollout CANDIDATE=N"; exit 2; fi
+	@echo "==> rollout of version $(CANDIDATE): load, canary, gate, promote, retire (rolls back on a failed gate)"
+	@PT2TF_LANE=$(LANE) $(NOX) -s rollout -- --candidate $(CANDIDATE) $(ARGS)
 
 conformance: tools
 	@echo "==> conformance suite, lane $(LANE), against $${PT2TF_CONFORMANCE_REST:-the embedded server}"

@@ -362,6 +362,16 @@ def loadtest(session: nox.Session) -> None:
     run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.runner", *args, *session.posargs)
 
 
+@nox.session(python=False)
+def rollout(session: nox.Session) -> None:
+    """Roll a model version out through TF Serving's labels, gated by load (pt2tf-rollout); lane: $PT2TF_LANE."""
+    lane = MATRIX.lane(os.environ.get("PT2TF_LANE") or None)
+    args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "rollout"), "--model", MODEL_NAME]
+    if versions(MODELS / lane.name / MODEL_NAME):  # the embedded server's repository, and the capacity's model
+        args += ["--models", str(MODELS / lane.name), "--serve-python", env_python(session, lane.env_for("serve"))]
+    run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.rollout", *args, *session.posargs)
+
+
 def _candidate_args(model_dir: Path) -> list[str]:
     """The newest version as the candidate against the one before it, when the repository holds two."""
     found = versions(model_dir)
