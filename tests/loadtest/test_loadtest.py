@@ -24,7 +24,7 @@ from pt2tf_loadtest import rollout, runner, slo
 from pt2tf_loadtest.inputs import load_inputs
 from pt2tf_loadtest.users import TARGET
 from pt2tf_serve.client import GrpcClient
-from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
+from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags
 
 MODEL = "resnet18"
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
@@ -284,10 +284,7 @@ def test_a_candidate_that_answers_differently_fails_the_gate(
 ):
     shifted = tmp_path / "models"
     shutil.copytree(models / MODEL / "1", shifted / MODEL / "1")
-    done = subprocess.run([str(serve_python), str(Path(__file__).with_name("shifted_version.py")),
-                           str(shifted / MODEL / "1"), str(shifted / MODEL / "2")],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _candidate(serve_python, shifted / MODEL / "1", shifted / MODEL / "2")
     out = tmp_path / "report"
     code = run(["--artifacts", artifacts, "--models", shifted, "--serve-python", serve_python, "--out", out,
                 "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", GATE_USERS,
@@ -336,7 +333,8 @@ def test_open_loop_steps_send_at_a_rate_and_time_each_request_from_when_it_was_d
     step = results(overloaded)["open_loop"][0]
     # One request in flight cannot keep up: arrivals wait, and the wait is in the latency, not hidden.
     assert step["images_per_second"] < 0.5 * step["offered_rate"], step
-    assert step["lag_p99_ms"] > 100 and step["p99_ms"] >= step["lag_p99_ms"], step
+    # (Locust keeps response times to two significant digits: its p99 may fall a little below the exact lag.)
+    assert step["lag_p99_ms"] > 100 and step["p99_ms"] >= 0.95 * step["lag_p99_ms"], step
 
 
 def _batching(folder: Path, **fields: int) -> Path:
@@ -354,9 +352,13 @@ def _batching(folder: Path, **fields: int) -> Path:
 
 
 def _candidate(serve_python: Path, source: Path, target: Path, *flags: str) -> None:
-    done = subprocess.run([str(serve_python), str(Path(__file__).with_name("shifted_version.py")), str(source),
-                           str(target), *flags], capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    """Build a wrong or slower candidate (shifted_version.py) in the lane's env."""
+    log = target.with_name(target.name + ".log")
+    # Spawned, not subprocess: this process has run gRPC, whose fork handlers abort a forked child.
+    argv = [str(serve_python), str(Path(__file__).with_name("shifted_version.py")), str(source), str(target), *flags]
+    child = Spawned(argv, dict(os.environ), log)
+    assert child.wait(timeout=600) == 0, log.read_text(errors="replace")[-3000:]
+    log.unlink()
 
 
 def _served(config_file: Path) -> tuple[list[int], dict[str, int]]:
