@@ -147,14 +147,15 @@ class Predictor:
         if queue is not None:
             with contextlib.suppress(QueueClosed):  # the version began unloading: it is held, so run it here
                 future = queue.submit(inputs, size)
-        if future is None:
+        batched = future is not None
+        if not batched:
             future = self.pool.submit(version.servable.run, signature, inputs, outputs)
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except TimeoutError:
             # Still queued: it leaves the queue and will not run. Without batching, TF Serving's
             # Session::Run itself times out, whether or not it had started.
-            if future.cancel() and queue is not None:
+            if future.cancel() and batched:
                 raise ServingError(
                     "RESOURCE_EXHAUSTED", "Run() timeout exceeded while waiting in batching queue"
                 ) from None
