@@ -1,11 +1,13 @@
 """How fast overload is refused: `nox -s serve-overload` (reports/serve-overload.md).
 
-The embedded server runs with a small queue (batches of 2, at most 2 waiting: it holds 4
-requests) and takes floods of 10× and 100× that many simultaneous callers, over gRPC and over
-REST, each sending one JPEG to `predict_images`. TF Serving refuses a task the queue cannot hold
-at enqueue time (shared_batch_scheduler.cc, UNAVAILABLE, HTTP 503), so a refusal should arrive
-in milliseconds whatever the multiple. Reported per flood: how long refusals and answers took
-(median, p99), how many of each, and the server's resident memory idle and at the flood's peak.
+The embedded server runs with docker/config's flags (32 gRPC and 16 REST request threads, 2 batch
+threads) and a small queue (batches of 8, at most 2 waiting: it holds 16 requests, fewer than the
+request threads plus the rows running), and takes floods of 10× and 100× that many simultaneous
+callers, over gRPC and over REST, each sending one JPEG to `predict_images`. TF Serving refuses a
+task the queue cannot hold at enqueue time (shared_batch_scheduler.h, UNAVAILABLE, HTTP 503), so a
+refusal should arrive in milliseconds whatever the multiple. Reported per flood: how long refusals
+and answers took (median, p99), how many of each, and the server's resident memory idle and at the
+flood's peak.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,12 +30,12 @@ from .process import ServerProcess, config_copy, embedded_flags
 
 MODEL = "resnet18"
 SMALL_QUEUE = """
-max_batch_size { value: 2 }
-batch_timeout_micros { value: 0 }
+max_batch_size { value: 8 }
+batch_timeout_micros { value: 2000 }
 max_enqueued_batches { value: 2 }
-num_batch_threads { value: 1 }
+num_batch_threads { value: 2 }
 """
-QUEUE_HOLDS = 4
+QUEUE_HOLDS = 16
 MULTIPLES = (10, 100)
 
 
@@ -42,7 +45,8 @@ class Flood:
     callers: int
     refused: int
     served: int
-    other: int
+    other: dict[str, int]  # any other answer: code → count
+    not_found_p50_ms: float  # the same flood at a model the server lacks: what answering costs at all
     refusal_p50_ms: float
     refusal_p99_ms: float
     answer_p50_ms: float
@@ -54,13 +58,13 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
 
-async def _grpc_flood(target: str, photo: bytes, callers: int) -> list[tuple[str, float]]:
+async def _grpc_flood(target: str, photo: bytes, callers: int, model: str = MODEL) -> list[tuple[str, float]]:
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = MODEL
+    request.model_spec.name = model
     request.model_spec.signature_name = "predict_images"
     request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([photo]))
     async with grpc.aio.insecure_channel(target) as channel:
@@ -77,7 +81,7 @@ async def _grpc_flood(target: str, photo: bytes, callers: int) -> list[tuple[str
         return await asyncio.gather(*(call() for _ in range(callers)))
 
 
-async def _rest_flood(url: str, photo: bytes, callers: int) -> list[tuple[str, float]]:
+async def _rest_flood(url: str, photo: bytes, callers: int, model: str = MODEL) -> list[tuple[str, float]]:
     import aiohttp
     import orjson
 
@@ -87,15 +91,19 @@ async def _rest_flood(url: str, photo: bytes, callers: int) -> list[tuple[str, f
 
         async def call() -> tuple[str, float]:
             started = time.monotonic()
-            async with session.post(f"{url}/v1/models/{MODEL}:predict", data=body) as answer:
+            async with session.post(f"{url}/v1/models/{model}:predict", data=body) as answer:
                 await answer.read()
-            return {200: "OK", 503: "UNAVAILABLE"}.get(answer.status, str(answer.status)), time.monotonic() - started
+            code = {200: "OK", 404: "NOT_FOUND", 503: "UNAVAILABLE"}.get(answer.status, str(answer.status))
+            return code, time.monotonic() - started
 
         return await asyncio.gather(*(call() for _ in range(callers)))
 
 
 def flood(server: ServerProcess, door: str, photo: bytes, callers: int) -> Flood:
     """One flood of `callers` simultaneous requests through `door` ("grpc" or "rest")."""
+    run = _grpc_flood if door == "grpc" else _rest_flood
+    target = server.grpc_target if door == "grpc" else server.rest_url
+    not_found = [s for code, s in asyncio.run(run(target, photo, callers, "no_such_model")) if code == "NOT_FOUND"]
     peak = [server.rss_bytes()]
     done = threading.Event()
 
@@ -106,17 +114,15 @@ def flood(server: ServerProcess, door: str, photo: bytes, callers: int) -> Flood
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        if door == "grpc":
-            outcomes = asyncio.run(_grpc_flood(server.grpc_target, photo, callers))
-        else:
-            outcomes = asyncio.run(_rest_flood(server.rest_url, photo, callers))
+        outcomes = asyncio.run(run(target, photo, callers))
     finally:
         done.set()
         sampler.join()
     refused = [s for code, s in outcomes if code == "UNAVAILABLE"]
     served = [s for code, s in outcomes if code == "OK"]
+    other = Counter(code for code, _ in outcomes if code not in ("OK", "UNAVAILABLE"))
     return Flood(
-        door, callers, len(refused), len(served), len(outcomes) - len(refused) - len(served),
+        door, callers, len(refused), len(served), dict(other), _percentile(not_found, 50),
         _percentile(refused, 50), _percentile(refused, 99), _percentile(served, 50), _percentile(served, 99),
         peak[0] / 2**20,
     )  # fmt: skip
@@ -126,16 +132,21 @@ def report(cpu: str, idle_mib: float, floods: list[Flood]) -> str:
     lines = [
         "# Overload: how fast refusals arrive",
         "",
-        f"CPU: {cpu}. Queue: batches of 2, at most 2 waiting ({QUEUE_HOLDS} requests); one JPEG",
+        f"CPU: {cpu}. Queue: batches of 8, at most 2 waiting ({QUEUE_HOLDS} requests); one JPEG",
         f"per request to `predict_images`; all callers at once. Idle RSS after warm-up: {idle_mib:.0f} MiB.",
         "",
-        "| door | callers | refused | served | other | refusal p50 ms | refusal p99 ms | answer p50 ms | "
-        "answer p99 ms | peak RSS MiB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "`NOT_FOUND p50` is the same flood sent first to a model the server lacks: what answering that",
+        "many callers costs at all here, client included, with no queue involved.",
+        "",
+        "| door | callers | refused | served | other | NOT_FOUND p50 ms | refusal p50 ms | refusal p99 ms | "
+        "answer p50 ms | answer p99 ms | peak RSS MiB |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for f in floods:
+        other = ", ".join(f"{code} {count}" for code, count in sorted(f.other.items())) or "0"
         lines.append(
-            f"| {f.door} | {f.callers} | {f.refused} | {f.served} | {f.other} | {f.refusal_p50_ms:.1f} | "
+            f"| {f.door} | {f.callers} | {f.refused} | {f.served} | {other} | {f.not_found_p50_ms:.1f} | "
+            f"{f.refusal_p50_ms:.1f} | "
             f"{f.refusal_p99_ms:.1f} | {f.answer_p50_ms:.1f} | {f.answer_p99_ms:.1f} | {f.peak_rss_mib:.0f} |"
         )
     return "\n".join(lines) + "\n"
