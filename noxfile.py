@@ -345,6 +345,16 @@ def serve_bench(session: nox.Session) -> None:
            *session.posargs)  # fmt: skip
 
 
+@nox.session(python=False, name="serve-overload")
+def serve_overload(session: nox.Session) -> None:
+    """How fast 10× and 100× overload is refused over gRPC and REST, default lane (reports/serve-overload.md)."""
+    lane = MATRIX.lane(None)
+    _require_model(session, lane)
+    args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
+    out = ["--out", str(REPORTS / "serve-overload.md")]
+    run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.overload", *args, *out, *session.posargs)
+
+
 @nox.session(python=False)
 def loadtest(session: nox.Session) -> None:
     """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/); lane: $PT2TF_LANE."""

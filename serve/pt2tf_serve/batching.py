@@ -49,19 +49,21 @@ class BatchStats:
     queuing_seconds: list[float]  # per request: enqueue → batch start
 
 
-@dataclass
+@dataclass(eq=False)  # tasks and batches are found by identity; their arrays do not compare
 class _Task:
     inputs: dict[str, np.ndarray]
     size: int
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
+    batch: _Batch | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Batch:
     tasks: list[_Task] = field(default_factory=list)
     size: int = 0
     opened: float = field(default_factory=time.monotonic)
+    taken: bool = False  # by a batch thread (or by closing): its tasks can no longer leave it
 
 
 def _concat(parts: list[dict[str, np.ndarray]], pad_variable_length: bool = False) -> dict[str, np.ndarray]:
@@ -116,12 +118,27 @@ class BatchQueue:
         return len(self._closed) + (1 if self._open else 0)
 
     def _ready(self, now: float) -> _Batch | None:
+        batch = None
         if self._closed:
-            return self._closed.popleft()
-        if self._open and now - self._open.opened >= self.options.batch_timeout_micros / 1e6:
+            batch = self._closed.popleft()
+        elif self._open and now - self._open.opened >= self.options.batch_timeout_micros / 1e6:
             batch, self._open = self._open, None
-            return batch
-        return None
+        if batch is not None:
+            batch.taken = True
+        return batch
+
+    def _withdraw(self, task: _Task) -> None:
+        """Take a cancelled task out of its batch while it waits, so its rows go to the next caller."""
+        batch = task.batch
+        if batch is None or batch.taken:
+            return  # a thread has the batch: it skips the cancelled task itself
+        batch.tasks = [t for t in batch.tasks if t is not task]
+        batch.size -= task.size
+        if not batch.tasks:
+            if batch is self._open:
+                self._open = None
+            else:
+                self._closed.remove(batch)
 
     def _deadline(self) -> float | None:
         if self._closed:
@@ -129,6 +146,12 @@ class BatchQueue:
         if self._open:
             return self._open.opened + self.options.batch_timeout_micros / 1e6
         return None
+
+    def full(self) -> bool:
+        """No room for even one more row now: every request would be refused (read without the lock: a hint)."""
+        open_batch = self._open
+        has_room = open_batch is not None and open_batch.size < self.options.execution_batch_size
+        return not has_room and self._enqueued_batches() >= self.options.max_enqueued_batches
 
     def _add(self, tasks: list[_Task]) -> None:
         limit = self.options.execution_batch_size
@@ -152,6 +175,7 @@ class BatchQueue:
                 self._open = _Batch()
             self._open.tasks.append(task)
             self._open.size += task.size
+            task.batch = self._open
             if self._open.size == limit:
                 self._closed.append(self._open)
                 self._open = None
@@ -178,6 +202,8 @@ class BatchQueue:
             ]
             result = _gather([t.future for t in tasks])
         self._scheduler._enqueue(self, tasks)
+        for task in tasks:
+            task.future.add_done_callback(lambda future, task=task: self._scheduler._cancelled(self, task, future))
         return result
 
     def _process(self, batch: _Batch) -> BatchStats | None:
@@ -295,6 +321,11 @@ class SharedBatchScheduler:
             queue._add(tasks)
             self._lock.notify_all()  # not notify(): a closer waiting on the same condition must not swallow it
 
+    def _cancelled(self, queue: BatchQueue, task: _Task, future: Future) -> None:
+        if future.cancelled():
+            with self._lock:
+                queue._withdraw(task)
+
     def _take(self) -> tuple[BatchQueue, _Batch] | None:
         """The next batch to run, waiting for one; None when stopping. Called without the lock."""
         with self._lock:
@@ -345,6 +376,7 @@ class SharedBatchScheduler:
                     break
                 self._lock.wait(timeout=remaining)
             for batch in queue._closed:  # not run in time: answer them before their Session closes
+                batch.taken = True
                 for task in batch.tasks:
                     if task.future.set_running_or_notify_cancel():
                         task.future.set_exception(ServingError("UNAVAILABLE", f"{queue.name} unloaded first"))

@@ -4,6 +4,9 @@
    the best batch's img/s is the ceiling a server on this machine can approach.
 2. The embedded server with docker/config's batching, then with batching off: C concurrent gRPC
    callers on `serving_default`, then gRPC and REST (base64 JPEGs) on `predict_images`.
+3. Memory: each server's RSS idle after warm-up and at its peak under that load, beside a fresh
+   process of the same TensorFlow that loaded the SavedModel in a Session and ran both
+   signatures at batch 1 to 32.
 
 Client and server share the machine's cores, so each served figure comes with the share of the
 machine the load generator itself used. Targets (reported, never asserted): batched gRPC ≥ 0.9×
@@ -74,6 +77,70 @@ def in_process(version_dir: Path, tensors: np.ndarray, seconds: float) -> dict[i
     return rates
 
 
+MEMORY_BATCHES = (1, 2, 4, 8, 16, 32)
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _bare_memory_child(version_dir: str, tensors: np.ndarray, photos: list[bytes], out) -> None:
+    stages = {}
+    import tensorflow as tf
+
+    stages["after import"] = _rss_bytes()
+    from .servable import Servable
+
+    servable = Servable(MODEL, 1, Path(version_dir), tf.compat.v1.ConfigProto(), ["serve"])
+    stages["after loading the SavedModel in a Session"] = _rss_bytes()
+    default, images = servable.signatures["serving_default"], servable.signatures["predict_images"]
+    for batch in MEMORY_BATCHES:
+        servable.run(default, {"input": np.resize(tensors, (batch, *tensors.shape[1:]))}, tuple(default.outputs))
+    stages[f"after serving_default at batch {', '.join(map(str, MEMORY_BATCHES))}"] = _rss_bytes()
+    for batch in MEMORY_BATCHES:
+        jpegs = np.array([photos[i % len(photos)] for i in range(batch)], dtype=object)
+        servable.run(images, {"image_bytes": jpegs}, tuple(images.outputs))
+    stages["after predict_images at the same batch sizes"] = _rss_bytes()
+    out.send(stages)
+
+
+def bare_memory(version_dir: Path, tensors: np.ndarray, photos: list[bytes]) -> dict[str, int]:
+    """RSS of a fresh process of the same TensorFlow: imported, the SavedModel loaded, both signatures run."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: nothing of this one's TensorFlow
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_bare_memory_child, args=(str(version_dir), tensors, photos, send))
+    child.start()
+    stages = receive.recv()
+    child.join()
+    return stages
+
+
+class PeakMemory:
+    """Samples a server's RSS every 50 ms while in use; `peak` is the highest seen."""
+
+    def __init__(self, server: ServerProcess):
+        self.server, self.peak = server, server.rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.server.rss_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class Load:
     """`callers` threads calling `call()` back to back; latencies of the measured window only."""
 
@@ -130,8 +197,10 @@ def _batch_totals(rest_url: str) -> tuple[float, float]:
     return samples.get(PROCESSED_BATCH_SIZE + "_sum{}", 0.0), samples.get(PROCESSED_BATCH_SIZE + "_count{}", 0.0)
 
 
-def served(models: Path, batching: bool, tensors: np.ndarray, photos: list[bytes], args) -> list[Figure]:
-    """The served figures of one server configuration."""
+def served(
+    models: Path, batching: bool, tensors: np.ndarray, photos: list[bytes], args
+) -> tuple[list[Figure], dict[str, int]]:
+    """The served figures of one server configuration, and its RSS idle (after warm-up) and at its peak."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -172,20 +241,45 @@ def served(models: Path, batching: bool, tensors: np.ndarray, photos: list[bytes
         ]
         if not batching:
             runs = runs[:1]
-        for call, what in runs:
-            before = _batch_totals(server.rest_url) if batching else None
-            figure = Load(call, args.callers, 1).run(args.warmup, args.seconds, what)
-            if before is not None:
-                rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
-                figure.batch_sizes = {"mean processed batch": rows / batches if batches else 0.0}
-            print(
-                f"  {what}: {figure.images_per_second:6.1f} img/s, p50 {figure.p50_ms:.0f} ms, "
-                f"p99 {figure.p99_ms:.0f} ms, client CPU {figure.client_cpu_share:.0%}",
-                flush=True,
-            )
-            figures.append(figure)
+        memory = {"idle": server.rss_bytes()}
+        with PeakMemory(server) as sampler:
+            for call, what in runs:
+                before = _batch_totals(server.rest_url) if batching else None
+                figure = Load(call, args.callers, 1).run(args.warmup, args.seconds, what)
+                if before is not None:
+                    rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
+                    figure.batch_sizes = {"mean processed batch": rows / batches if batches else 0.0}
+                print(
+                    f"  {what}: {figure.images_per_second:6.1f} img/s, p50 {figure.p50_ms:.0f} ms, "
+                    f"p99 {figure.p99_ms:.0f} ms, client CPU {figure.client_cpu_share:.0%}",
+                    flush=True,
+                )
+                figures.append(figure)
+        memory["peak"] = sampler.peak
         channel.close()
-    return figures
+    return figures, memory
+
+
+def memory_lines(bare: dict[str, int], served_memory: dict[str, dict[str, int]]) -> list[str]:
+    """The servers' RSS beside a bare TensorFlow process that loaded and ran the same SavedModel.
+
+    Both are held to the bare process after both signatures ran: the server's warm-up replays
+    requests before it is idle, and TensorFlow's allocator and oneDNN's caches grow with every
+    new batch size run, not with serving as such.
+    """
+    mib = 2**20
+    ran = max(bare.values())
+    lines = ["", "## Memory (RSS)", "", "| process | RSS MiB | ÷ bare after running | ≤ 1.3× |", "|---|---|---|---|"]
+    for stage, size in bare.items():
+        lines.append(f"| bare TensorFlow, {stage} | {size / mib:.0f} | | |")
+    for label, memory in served_memory.items():
+        for when, key in (("idle after warm-up", "idle"), ("peak under load", "peak")):
+            ratio = memory[key] / ran
+            lines.append(
+                f"| server, {label}, {when} | {memory[key] / mib:.0f} | {ratio:.2f}× | "
+                f"{'met' if ratio <= 1.3 else 'NOT met'} |"
+            )
+    return lines
 
 
 def report(cpu: str, rates: dict[int, float], figures: list[Figure], args) -> str:
@@ -258,14 +352,26 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_model()
     print(f"serve-bench on {cpu}: in process, then served (version {version_dir.name})", flush=True)
     rates = in_process(version_dir, tensors, args.seconds / 2)
-    figures = served(args.models, True, tensors, jpegs, args) + served(args.models, False, tensors, jpegs, args)
-    text = report(cpu, rates, figures, args)
+    bare = bare_memory(version_dir, tensors, jpegs)
+    print("  bare TensorFlow RSS: " + ", ".join(f"{k} {v >> 20} MiB" for k, v in bare.items()), flush=True)
+    on, memory_on = served(args.models, True, tensors, jpegs, args)
+    off, memory_off = served(args.models, False, tensors, jpegs, args)
+    figures = on + off
+    served_memory = {"batching on": memory_on, "batching off": memory_off}
+    text = report(cpu, rates, figures, args) + "\n".join(memory_lines(bare, served_memory)) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".md.tmp")
     tmp.write_text(text)
     tmp.rename(args.out)
-    payload = {"cpu": cpu, "in_process": rates, "served": [asdict(f) for f in figures], "callers": args.callers}
+    payload = {
+        "cpu": cpu,
+        "in_process": rates,
+        "served": [asdict(f) for f in figures],
+        "callers": args.callers,
+        "bare_rss_bytes": bare,
+        "served_rss_bytes": served_memory,
+    }
     args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
     return 0
 

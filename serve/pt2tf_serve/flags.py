@@ -45,7 +45,11 @@ FLAGS: dict[str, tuple[type, object, str]] = {
     "num_request_iterations_for_warmup": (int, 1, "times each warmup request is replayed"),
     "tensorflow_intra_op_parallelism": (int, 0, "intra-op thread pool size; 0 lets TensorFlow choose"),
     "tensorflow_inter_op_parallelism": (int, 0, "inter-op thread pool size; 0 lets TensorFlow choose"),
-    "grpc_max_threads": (int, 0, "max gRPC server threads; 0: 4 × the number of cores"),
+    "grpc_max_threads": (
+        int,
+        0,
+        "threads that run Sessions when batching is off (a waiting gRPC call holds none); 0: 4 × the cores",
+    ),
     "allow_version_labels_for_unavailable_models": (bool, False, "allow labels to point to versions not yet loaded"),
     "saved_model_tags": (str, "serve", "comma-separated MetaGraphDef tags to load"),
     "max_num_load_retries": (int, 5, "times a failed version load is retried"),

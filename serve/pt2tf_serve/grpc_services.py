@@ -2,13 +2,17 @@
 
 Thin, as TF Serving's prediction_service_impl and model_service_impl: each call resolves its
 model spec on the core and runs the shared predict path; errors keep TF Serving's codes.
+
+The server is grpc.aio's: a call waiting for its batch is a suspended coroutine, not a thread,
+so callers beyond what the queue holds are refused at enqueue time however many they are, and
+a call whose client cancels or disconnects is cancelled and leaves the queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
-from concurrent import futures
+from collections.abc import Awaitable, Callable
 
 import grpc
 from tensorflow_serving.apis import (
@@ -21,7 +25,7 @@ from tensorflow_serving.apis import (
 )
 
 from .core import ServerCore
-from .health import add_health_service
+from .health import add_health_service_aio
 from .metrics import Metrics
 from .predict import Predictor, check_example_signature, find_signature
 from .protocol import from_tensor_proto, model_metadata, model_spec, model_status, tensor_proto
@@ -31,11 +35,11 @@ MAX_MESSAGE_BYTES = 2**31 - 1  # TF Serving: SetMaxMessageSize(INT32_MAX), both 
 MAX_ERROR_CHARS = 1024
 
 
-def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
     message = error.message
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "...TRUNCATED"
-    context.abort(error.grpc_code, message)
+    await context.abort(error.grpc_code, message)
 
 
 def _spec_parts(request) -> tuple[str, int | None, str | None]:
@@ -55,47 +59,49 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.metrics = metrics
         self.tensor_content = tensor_content
 
-    def _counted(self, api: str, request, context, work: Callable):
+    async def _counted(self, api: str, request, context, work: Callable[[], Awaitable]):
         started = time.monotonic()
         name = request.model_spec.name if request.HasField("model_spec") else ""
         try:
-            response = work()
+            response = await work()
         except ServingError as error:
             self.metrics.request(name, error.code, api, "GRPC", time.monotonic() - started)
-            _abort(context, error)
+            await _abort(context, error)
         self.metrics.request(name, "OK", api, "GRPC", time.monotonic() - started)
         return response
 
-    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        def work():
+    async def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        async def work():
+            # None without a deadline; as TF Serving's DeadlineToTimeoutMillis, measured on arrival.
+            remaining = context.time_remaining()
             name, version, label = _spec_parts(request)
             with self.core.hold(name, version, label) as held:
                 signature = find_signature(held.servable, request.model_spec.signature_name, rest=False)
                 inputs = {alias: from_tensor_proto(proto, alias) for alias, proto in request.inputs.items()}
-                remaining = context.time_remaining()
-                prediction = self.predictor.run(held, signature, inputs, list(request.output_filter), remaining)
+                output_filter = list(request.output_filter)
+                prediction = await self.predictor.run(held, signature, inputs, output_filter, remaining)
             response = predict_pb2.PredictResponse(model_spec=model_spec(name, held.number, signature.name))
             for alias, array in prediction.outputs.items():
                 response.outputs[alias].CopyFrom(tensor_proto(array, self.tensor_content))
             return response
 
-        return self._counted("Predict", request, context, work)
+        return await self._counted("Predict", request, context, work)
 
-    def _examples(self, api: str, method: str, request, context):
-        def work():
+    async def _examples(self, api: str, method: str, request, context):
+        async def work():
             name, version, label = _spec_parts(request)
             with self.core.hold(name, version, label) as held:
                 check_example_signature(held, request.model_spec.signature_name, method)
 
-        return self._counted(api, request, context, work)
+        return await self._counted(api, request, context, work)
 
-    def Classify(self, request, context):
-        return self._examples("Classify", "classify", request, context)
+    async def Classify(self, request, context):
+        return await self._examples("Classify", "classify", request, context)
 
-    def Regress(self, request, context):
-        return self._examples("Regress", "regress", request, context)
+    async def Regress(self, request, context):
+        return await self._examples("Regress", "regress", request, context)
 
-    def MultiInference(self, request, context):
+    async def MultiInference(self, request, context):
         started = time.monotonic()
         name = request.tasks[0].model_spec.name if request.tasks else ""
         try:
@@ -125,15 +131,15 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             raise ServingError("INVALID_ARGUMENT", "Input is empty.")
         except ServingError as error:
             self.metrics.request(name, error.code, "MultiInference", "GRPC", time.monotonic() - started)
-            _abort(context, error)
+            await _abort(context, error)
 
-    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
+    async def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, context):
         try:
             name, version, label = _spec_parts(request)
             with self.core.hold(name, version, label) as held:
                 return model_metadata(held, list(request.metadata_field))
         except ServingError as error:
-            _abort(context, error)
+            await _abort(context, error)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -141,14 +147,14 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.core = core
         self.reload = reload
 
-    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         try:
             name, version, _ = _spec_parts(request)  # a label is ignored, as TF Serving does
             return model_status(self.core.status(name, version))
         except ServingError as error:
-            _abort(context, error)
+            await _abort(context, error)
 
-    def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
+    async def HandleReloadConfigRequest(self, request: model_management_pb2.ReloadConfigRequest, context):
         try:
             if request.config.WhichOneof("config") != "model_config_list":
                 raise ServingError(
@@ -156,39 +162,52 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                     "ServerModelConfig type not supported by HandleReloadConfigRequest. Only ModelConfigList is "
                     "currently supported",
                 )
-            self.reload(request.config)
+            # Loading blocks for seconds: off the event loop, which keeps serving meanwhile.
+            await asyncio.get_running_loop().run_in_executor(None, self.reload, request.config)
         except ServingError as error:
-            _abort(context, error)
+            await _abort(context, error)
         return model_management_pb2.ReloadConfigResponse()
 
 
-def start_grpc(
+def add_services(
+    server: grpc.aio.Server,
+    core: ServerCore,
+    predictor: Predictor,
+    metrics: Metrics,
+    reload: Callable,
+    tensor_content: bool,
+) -> None:
+    """Register every gRPC service the server offers; each servicer's methods are coroutines (grpc.aio)."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(core, predictor, metrics, tensor_content), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
+
+
+async def start_grpc(
     core: ServerCore,
     predictor: Predictor,
     metrics: Metrics,
     reload: Callable,
     address: str,
-    max_threads: int,
     tensor_content: bool,
     health_check: bool = False,
-) -> tuple[grpc.Server, int]:
-    """Start the gRPC server on `address`; returns it and the bound port."""
+) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on `address` in the running event loop; returns it and the bound port."""
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"), options=options
-    )
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, predictor, metrics, tensor_content), server
-    )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload), server)
-    if health_check:  # --enable_grpc_healthcheck_service
-        add_health_service(server, core)
-    port = server.add_insecure_port(address)
+    server = grpc.aio.server(options=options)
+    add_services(server, core, predictor, metrics, reload, tensor_content)
+    if health_check:  # --enable_grpc_healthcheck_service; Check runs on the event loop, apart from predictions
+        await add_health_service_aio(server, core)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}: the port is taken or the address is not local")
-    server.start()
+    await server.start()
     return server, port

@@ -28,18 +28,11 @@ def serving_status(core: ServerCore) -> int:
     return health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def add_health_service(server, core: ServerCore) -> health.HealthServicer:
-    """Register the health service on a grpc.Server (before it starts), statuses as TF Serving sets them."""
-    servicer = health.HealthServicer()
-    status = serving_status(core)
-    for service in SERVICES:
-        servicer.set(service, status)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    return servicer
-
-
 async def add_health_service_aio(server, core: ServerCore) -> health.aio.HealthServicer:
-    """The same for a grpc.aio.Server: its servicer's `set` is a coroutine, and Check runs on the event loop."""
+    """Register the health service on the grpc.aio.Server (before it starts), statuses as TF Serving sets them.
+
+    Check runs on the event loop, never behind predictions: a liveness probe is answered under any load.
+    """
     servicer = health.aio.HealthServicer()
     status = serving_status(core)
     for service in SERVICES:

@@ -5,9 +5,10 @@ Checks and messages follow TF Serving's predict_util.cc and batching_session.cc.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,14 +96,32 @@ def check_output_filter(signature: Signature, output_filter: list[str]) -> tuple
     return tuple(output_filter)
 
 
-class Predictor:
-    """Runs predictions on held versions, through the version's batch queue when batching is on."""
+# gRPC's deadlines reach TF Serving as RunOptions.timeout_in_ms, an int32 that gpr_time_to_millis
+# clamps (prediction_service_util.cc): a deadline further away than this is no deadline at all.
+MAX_TIMEOUT_SECONDS = (2**31 - 1) / 1000
 
-    def __init__(self, core: ServerCore, metrics: Metrics):
+
+def effective_timeout(seconds: float | None) -> float | None:
+    """A caller's remaining time as the wait uses it: None for no deadline or one beyond int32 milliseconds."""
+    if seconds is None or seconds >= MAX_TIMEOUT_SECONDS:
+        return None
+    return seconds
+
+
+class Predictor:
+    """Runs predictions on held versions, through the version's batch queue when batching is on.
+
+    Callers await on the event loop: a waiting request holds no thread, so a flood of callers
+    is refused at enqueue time instead of queueing for a thread first. Without batching, the
+    Session runs on `session_threads` threads, as many as TF Serving's request threads would.
+    """
+
+    def __init__(self, core: ServerCore, metrics: Metrics, session_threads: int):
         self.core = core
         self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=session_threads, thread_name_prefix="session")
 
-    def run(
+    async def run(
         self,
         version: Version,
         signature: Signature,
@@ -110,29 +129,45 @@ class Predictor:
         output_filter: list[str],
         timeout: float | None,
     ) -> Prediction:
-        """Run one request on a held version; `timeout` in seconds bounds the wait (DEADLINE_EXCEEDED)."""
+        """Run one request on a held version; `timeout` in seconds (None: none) bounds the wait.
+
+        A request still queued when its time runs out, or whose caller is gone (the awaiting task
+        is cancelled), leaves the queue and is never run.
+        """
         size = check_inputs(signature, inputs)
         outputs = check_output_filter(signature, output_filter)
+        timeout = effective_timeout(timeout)
+        if timeout is not None and timeout <= 0:
+            # TF Serving would pass a non-positive timeout_in_ms, which the batching session reads as
+            # "none", and run it for a caller whose gRPC library has already answered DEADLINE_EXCEEDED.
+            raise ServingError("DEADLINE_EXCEEDED", "Deadline Exceeded")
         started = time.monotonic()
         queue = self.core.queue(version, signature)
         future = None
         if queue is not None:
             with contextlib.suppress(QueueClosed):  # the version began unloading: it is held, so run it here
                 future = queue.submit(inputs, size)
-        if future is None:
-            result = version.servable.run(signature, inputs, outputs)
-        else:
-            try:
-                batched = future.result(timeout=timeout)
-            except FutureTimeout:
-                if future.cancel():  # still queued: it will not run
-                    raise ServingError(
-                        "RESOURCE_EXHAUSTED", "Run() timeout exceeded while waiting in batching queue"
-                    ) from None
-                raise ServingError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
-            result = {name: batched[name] for name in outputs}
+        batched = future is not None
+        if not batched:
+            future = self.pool.submit(version.servable.run, signature, inputs, outputs)
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            # Still queued: it leaves the queue and will not run. Without batching, TF Serving's
+            # Session::Run itself times out, whether or not it had started.
+            if future.cancel() and batched:
+                raise ServingError(
+                    "RESOURCE_EXHAUSTED", "Run() timeout exceeded while waiting in batching queue"
+                ) from None
+            raise ServingError("DEADLINE_EXCEEDED", "Timed out waiting for notification") from None
+        except asyncio.CancelledError:
+            future.cancel()  # the caller left: its place in the queue goes to the next one
+            raise
         self.metrics.runtime_latency(version.servable.name, "Predict", time.monotonic() - started)
-        return Prediction(version.servable.name, version.number, signature.name, result)
+        return Prediction(version.servable.name, version.number, signature.name, {k: result[k] for k in outputs})
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def _signature_text(signature_def) -> str:

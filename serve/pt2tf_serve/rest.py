@@ -1,7 +1,8 @@
 """The REST door (TF Serving's http_rest_api_handler): its paths, JSON bodies, error bodies and HTTP codes.
 
-Parsing, predicting and writing JSON run on a pool of `--rest_api_num_threads` threads; the
-event loop only moves bytes, so a slow or vanishing client costs no thread.
+Parsing and writing JSON run on a pool of `--rest_api_num_threads` threads; the event loop
+moves bytes and awaits the prediction, so neither a slow or vanishing client nor a request
+waiting for its batch holds a thread: callers beyond what the queue holds are refused at once.
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from .batching import QUEUE_FULL
 from .core import ServerCore, log
 from .json_tensor import decode_json, error_body, inputs_from_json, predict_response, signature_name
 from .metrics import Metrics
@@ -31,6 +34,12 @@ NOT_FOUND_HTML = "<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1
 # TF Serving sets no limit; this one keeps one request from taking the server's memory.
 MAX_BODY_BYTES = 256 * 1024 * 1024
 JSON_HEADERS = {"Content-Type": "application/json"}
+INLINE_BODY_BYTES = 64 * 1024
+LEADING_SIGNATURE_NAME = re.compile(rb'\s*\{\s*"signature_name"\s*:\s*"([A-Za-z0-9_./-]*)"\s*[,}]')
+
+
+async def _inline(work: Callable, *args):
+    return work(*args)
 
 
 def _json(status: int, body: bytes | str) -> web.Response:
@@ -56,7 +65,8 @@ class RestApi:
         self.core = core
         self.predictor = predictor
         self.metrics = metrics
-        self.timeout = timeout_ms / 1000
+        # As http_rest_api_handler.cc, which sets RunOptions.timeout_in_ms only when the flag is positive.
+        self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self.metrics_path = metrics_path
         self.pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="rest")
         self.in_flight = 0
@@ -69,11 +79,21 @@ class RestApi:
         return app
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        if self.stopping:  # a new request on a kept-alive connection while draining
-            response = _error(ServingError("UNAVAILABLE", "the server is shutting down"))
-            response.force_close()
-            return response
         self.in_flight += 1
+        try:
+            response = await self._answer(request)
+            # While draining, the listener is closed: a request can only come on a connection accepted
+            # before the stop, whose client sent it in time. It is served, and its connection closed
+            # after the answer, so a kept-alive client cannot keep the drain going.
+            if self.stopping:
+                response.force_close()
+            return response
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         try:
             return await self._route(request)
         except ServingError as error:
@@ -83,13 +103,9 @@ class RestApi:
         except Exception as exc:  # a bug must still answer in TF Serving's shape, and the server lives on
             log(f"internal error on {request.method} {request.path}: {type(exc).__name__}: {exc}")
             return _error(ServingError("INTERNAL", f"{type(exc).__name__}: {exc}"))
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0 and self._idle is not None:
-                self._idle.set()
 
     async def drain(self, timeout: float) -> bool:
-        """Refuse new requests, then wait up to `timeout` for those in flight; True when none is left."""
+        """Close connections after their answers; wait up to `timeout` for requests in flight; True if none is left."""
         self.stopping = True
         if self.in_flight == 0:
             return True
@@ -130,7 +146,7 @@ class RestApi:
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             raise ServingError("RESOURCE_EXHAUSTED", self._too_large(request.content_length))
         try:
-            return await asyncio.wait_for(request.read(), timeout=self.timeout)
+            return await asyncio.wait_for(request.read(), self.timeout)
         except web.HTTPRequestEntityTooLarge:
             raise ServingError("RESOURCE_EXHAUSTED", self._too_large(None)) from None
         except TimeoutError:
@@ -154,31 +170,60 @@ class RestApi:
         try:
             name, version, label = self._spec(match)
             body = await self._read_body(request)
-            run = self._predict if method == "predict" else self._examples
-            loop = asyncio.get_running_loop()
-            response = await asyncio.wait_for(
-                loop.run_in_executor(self.pool, run, body, name, version, label, method), timeout=self.timeout + 1
-            )
+            if method == "predict":
+                response = await self._predict(body, name, version, label)
+            else:
+                response = await self._in_pool(self._examples, body, name, version, label, method)
         except ServingError as error:
-            self.metrics.request(name, error.code, method, "REST", time.monotonic() - started)
-            return _error(error)
-        except TimeoutError:
-            error = ServingError("DEADLINE_EXCEEDED", "Timed out waiting for notification")
             self.metrics.request(name, error.code, method, "REST", time.monotonic() - started)
             return _error(error)
         self.metrics.request(name, "OK", method, "REST", time.monotonic() - started)
         return _json(200, response)
 
-    def _predict(self, body: bytes, name: str, version: int | None, label: str | None, _method: str) -> bytes:
-        doc = decode_json(body)
+    async def _in_pool(self, work: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work, *args)
+
+    def _refuse_if_full(self, body: bytes, name: str, version: int | None, label: str | None) -> None:
+        """UNAVAILABLE before parsing a large body whose queue has no room at all.
+
+        Parsing a few MB of JSON holds the GIL for tens of ms: done for every refused caller of a
+        flood, it would delay every other answer, refusals included. The signature is read from the
+        body only when it plainly has none (serving_default) or names it first; otherwise, or when
+        the model does not resolve, the request takes the normal path and its checks.
+        """
+        if b'"signature_name"' not in body:
+            key = "serving_default"
+        elif match := LEADING_SIGNATURE_NAME.match(body):
+            key = match.group(1).decode()
+        else:
+            return
+        try:
+            with self.core.hold(name, version, label) as held:
+                signature = held.servable.signatures.get(key)
+                queue = self.core.queue(held, signature) if signature is not None else None
+        except ServingError:
+            return
+        if queue is not None and queue.full():
+            raise ServingError("UNAVAILABLE", f"{QUEUE_FULL} (refused before its body was parsed)")
+
+    async def _predict(self, body: bytes, name: str, version: int | None, label: str | None) -> bytes:
+        # A small body (JPEGs as base64, a few rows) parses in less time than a hop to a thread and back,
+        # which under a flood also waits behind every other request's hop.
+        parse = _inline
+        if len(body) > INLINE_BODY_BYTES:
+            self._refuse_if_full(body, name, version, label)
+            parse = self._in_pool
+        # The order of checks is TF Serving's: the JSON, then the model, then the inputs against its signature.
+        doc = await parse(decode_json, body)
         signature_key = signature_name(doc)
         with self.core.hold(name, version, label) as held:
             signature = find_signature(held.servable, signature_key, rest=True)
             if not signature.inputs:
                 raise ServingError("INVALID_ARGUMENT", f"Failed to get input map for signature: {signature_key}")
-            inputs, columnar = inputs_from_json(doc, signature, may_hold_bools=b"true" in body or b"false" in body)
-            prediction = self.predictor.run(held, signature, inputs, [], self.timeout)
-        return predict_response(prediction.outputs, columnar)
+            may_hold_bools = b"true" in body or b"false" in body
+            inputs, columnar = await parse(inputs_from_json, doc, signature, may_hold_bools)
+            prediction = await self.predictor.run(held, signature, inputs, [], self.timeout)
+        return await parse(predict_response, prediction.outputs, columnar)
 
     def _examples(self, body: bytes, name: str, version: int | None, label: str | None, method: str) -> bytes:
         doc = decode_json(body)

@@ -49,6 +49,7 @@ from .servable import Servable
 from .status import ServingError
 
 SHUTDOWN_GRACE_SECONDS = 30
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 def session_settings(options: Options) -> SessionSettings:
@@ -149,7 +150,8 @@ class ModelServer:
             on_batch=on_batch,
             host_path=options.host_path,
         )
-        self.predictor = Predictor(self.core, self.metrics)
+        # Without batching each request runs its own Session.run, as on TF Serving's request threads.
+        self.predictor = Predictor(self.core, self.metrics, options.grpc_max_threads or 4 * options.cores)
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self.grpc_server = None
@@ -190,19 +192,19 @@ class ModelServer:
         if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
             threading.Thread(target=self._poll_config_file, name="config-poll", daemon=True).start()
 
-    def start_grpc(self) -> None:
+    async def start_grpc(self) -> None:
         options = self.options
-        max_threads = options.grpc_max_threads or 4 * options.cores
         address = f"{options.bind_address}:{options.port}"
-        self.grpc_server, self.grpc_port = start_grpc(
-            self.core, self.predictor, self.metrics, self.reload, address, max_threads,
+        self.grpc_server, self.grpc_port = await start_grpc(
+            self.core, self.predictor, self.metrics, self.reload, address,
             options.enable_serialization_as_tensor_content, options.enable_grpc_healthcheck_service,
         )  # fmt: skip
         _log(f"Running gRPC ModelServer at {options.bind_address}:{self.grpc_port} ...")
 
-    async def serve_rest(self, stopping: asyncio.Event) -> None:
-        """Serve REST (if enabled) until `stopping` is set, then shut both doors down gracefully."""
+    async def serve(self, stopping: asyncio.Event) -> None:
+        """Serve gRPC and REST (if enabled) on this event loop until `stopping` is set, then stop both gracefully."""
         options = self.options
+        await self.start_grpc()
         rest = None
         runner = None
         if options.rest_api_port:
@@ -214,9 +216,16 @@ class ModelServer:
                 options.rest_api_timeout_in_ms,
                 self.metrics_path,
             )
-            runner = web.AppRunner(rest.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+            # handler_cancellation: a client that disconnects cancels its handler, so its queued request leaves.
+            runner = web.AppRunner(
+                rest.app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS, handler_cancellation=True
+            )
             await runner.setup()
-            site = web.TCPSite(runner, options.bind_address, options.rest_api_port, reuse_address=True)
+            # aiohttp's default backlog of 128 drops the SYNs of a larger burst of new connections, and
+            # their clients retry a second later: a flood would be refused after 1 s instead of at once.
+            site = web.TCPSite(
+                runner, options.bind_address, options.rest_api_port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
             await site.start()
             self.rest_port = options.rest_api_port
             _log(f"Exporting HTTP/REST API at:{options.bind_address}:{options.rest_api_port} ...")
@@ -225,7 +234,7 @@ class ModelServer:
         _log("ready")
         await stopping.wait()
         _log("stopping: no new requests; finishing those in flight")
-        grpc_stopped = self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
+        grpc_stopped = asyncio.ensure_future(self.grpc_server.stop(SHUTDOWN_GRACE_SECONDS))
         if runner is not None:
             for site in list(runner.sites):
                 await site.stop()  # no new connections
@@ -234,12 +243,13 @@ class ModelServer:
                 _log(f"{rest.in_flight} REST requests still running after {SHUTDOWN_GRACE_SECONDS} s; closing")
             await runner.cleanup()
             rest.close()
-        await asyncio.get_running_loop().run_in_executor(None, grpc_stopped.wait)
+        await grpc_stopped
         self._stop.set()
 
     def shutdown(self) -> None:
         self._stop.set()
         self.core.shutdown()
+        self.predictor.close()
 
 
 class _OneLineHttpErrors(logging.Filter):
@@ -281,8 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         server.start_models()
-        server.start_grpc()
-        loop.run_until_complete(server.serve_rest(stopping))
+        loop.run_until_complete(server.serve(stopping))
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc.code}: {exc.message}", file=sys.stderr)
         return 1

@@ -10,7 +10,10 @@ Where the embedded server knowingly differs from TF Serving, the test says so by
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import socket
+import urllib.parse
 
 import grpc
 import numpy as np
@@ -506,3 +509,103 @@ def test_version_label_wrapper_is_int64(prediction, expected):
     request = predict_request(input=expected.tensors[:1])
     request.model_spec.version.CopyFrom(wrappers_pb2.Int64Value(value=1))
     assert prediction.Predict(request, timeout=60).model_spec.version.value == 1
+
+
+# ---------------------------------------------------------------------------- clients of other languages
+
+
+class TestClientsOfOtherLanguages:
+    """Requests as C++, Go, Java clients and curl send them, built from the protocol, not our client code.
+
+    gRPC: no deadline (gRPC's default everywhere), default message limits, the tensor as raw
+    `tensor_content` bytes. REST: `Expect: 100-continue` (curl sends it for bodies over 1 KiB),
+    a chunked body (streaming clients), HTTP/1.0 (old proxies, load balancers' health checks).
+    """
+
+    @staticmethod
+    def _tensor_content_request(tensor: np.ndarray) -> predict_pb2.PredictRequest:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        proto = request.inputs["input"]
+        proto.dtype = tf.float32.as_datatype_enum
+        for size in tensor.shape:
+            proto.tensor_shape.dim.add(size=size)
+        proto.tensor_content = np.ascontiguousarray(tensor, dtype="<f4").tobytes()
+        return request
+
+    def test_grpc_without_deadline_default_limits_and_tensor_content(self, target, expected):
+        with grpc.insecure_channel(target.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            response = stub.Predict(self._tensor_content_request(expected.tensors[:2]))
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs["output"]), expected.logits[:2], atol=ATOL)
+
+    @staticmethod
+    def _body(expected) -> bytes:
+        return orjson.dumps({"instances": expected.tensors[:1]}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    @staticmethod
+    def _read_response(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
+        """One HTTP response off a raw socket: status line, headers, and body (by length, or to the close)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed before the response head: {data!r}")
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        length = headers.get("content-length")
+        while (length is None or len(body) < int(length)) and (chunk := sock.recv(65536)):
+            body += chunk
+        return status, headers, body
+
+    def _check_logits(self, body: bytes, expected) -> None:
+        np.testing.assert_allclose(
+            np.array(orjson.loads(body)["predictions"], np.float32), expected.logits[:1], atol=ATOL
+        )
+
+    def test_rest_expect_100_continue(self, target, expected):
+        host, port = _host_port(target.rest_url)
+        body = self._body(expected)
+        with socket.create_connection((host, port), timeout=60) as sock:
+            sock.sendall(
+                f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
+            )
+            interim = sock.recv(1024)
+            assert interim.startswith(b"HTTP/1.1 100"), interim
+            sock.sendall(body)
+            status, _, answer = self._read_response(sock)
+        assert status.startswith("HTTP/1.1 200"), (status, answer[:300])
+        self._check_logits(answer, expected)
+
+    def test_rest_chunked_body(self, target, expected):
+        host, port = _host_port(target.rest_url)
+        body = self._body(expected)
+        pieces = (body[i : i + 65536] for i in range(0, len(body), 65536))
+        connection = http.client.HTTPConnection(host, port, timeout=60)
+        try:
+            connection.request("POST", f"/v1/models/{MODEL}:predict", body=pieces, encode_chunked=True)
+            response = connection.getresponse()
+            answer = response.read()
+        finally:
+            connection.close()
+        assert response.status == 200, answer[:300]
+        self._check_logits(answer, expected)
+
+    def test_rest_http_1_0(self, target, expected):
+        host, port = _host_port(target.rest_url)
+        body = self._body(expected)
+        with socket.create_connection((host, port), timeout=60) as sock:
+            sock.sendall(
+                f"POST /v1/models/{MODEL}:predict HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+            )
+            status, _, answer = self._read_response(sock)
+        assert status.split()[1] == "200", (status, answer[:300])
+        self._check_logits(answer, expected)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.hostname, parsed.port

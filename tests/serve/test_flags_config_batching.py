@@ -626,6 +626,22 @@ def test_a_request_cancelled_while_queued_is_not_run(make_queue):
     assert [b.tolist() for b in model.batches] == [block(0, 1).tolist(), block(2, 1).tolist()]
 
 
+def test_a_request_cancelled_while_queued_gives_its_place_to_the_next_caller(make_queue):
+    queue, model, _ = make_queue(max_batch_size=1, max_enqueued_batches=1)
+    model.gate.clear()
+    first = submit(queue, block(0, 1))
+    assert model.entered.wait(WAIT)
+    cancelled = submit(queue, block(1, 1))
+    with pytest.raises(ServingError, match=QUEUE_FULL):
+        submit(queue, block(2, 1))
+    assert cancelled.cancel()  # its caller left (a deadline passed, a client disconnected)
+    last = submit(queue, block(2, 1))  # refused with UNAVAILABLE were the cancelled request still queued
+    model.gate.set()
+    np.testing.assert_array_equal(answer(first), block(0, 1) * 2)
+    np.testing.assert_array_equal(answer(last), block(2, 1) * 2)
+    assert [b.tolist() for b in model.batches] == [block(0, 1).tolist(), block(2, 1).tolist()]
+
+
 def test_close_drains_the_queue_then_refuses_new_work(make_queue):
     queue, model, _ = make_queue(max_batch_size=8, batch_timeout_micros=600_000_000)
     waiting = submit(queue, block(0, 3))

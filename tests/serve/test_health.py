@@ -1,5 +1,5 @@
-"""The health service's statuses come from the core's model states, on a grpc.Server and on a grpc.aio.Server
-(the embedded server may move to grpc.aio: `add_health_service_aio` is the one call it then makes).
+"""The health service's statuses come from the core's model states, on a grpc.aio.Server as the embedded
+server registers it (`add_health_service_aio`).
 
 Real gRPC servers on loopback and a real ServerCore; the served-model case is in the conformance suite.
 """
@@ -7,14 +7,13 @@ Real gRPC servers on loopback and a real ServerCore; the served-model case is in
 from __future__ import annotations
 
 import asyncio
-from concurrent import futures
 
 import grpc
 import pytest
 import tensorflow as tf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pt2tf_serve.core import Model, ServerCore
-from pt2tf_serve.health import SERVICES, add_health_service, add_health_service_aio
+from pt2tf_serve.health import SERVICES, add_health_service_aio
 from tensorflow_serving.config import model_server_config_pb2
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -41,18 +40,6 @@ def statuses(target: str) -> dict[str, object]:
 
 def expected(status) -> dict[str, object]:
     return {**dict.fromkeys(SERVICES, status), "tensorflow.serving.PredictionService": grpc.StatusCode.NOT_FOUND}
-
-
-@pytest.mark.parametrize(("models", "status"), [([], SERVING), (["resnet18"], NOT_SERVING)], ids=["none", "loading"])
-def test_sync_server(models, status):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    add_health_service(server, core_with(models))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        assert statuses(f"127.0.0.1:{port}") == expected(status)
-    finally:
-        server.stop(None)
 
 
 @pytest.mark.parametrize(("models", "status"), [([], SERVING), (["resnet18"], NOT_SERVING)], ids=["none", "loading"])
