@@ -6,6 +6,7 @@ Each stage runs in an environment built from toolchain.lock and cached outside t
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -108,19 +109,32 @@ def tests(session: nox.Session, suite: str) -> None:
         run_in(session, env, "-m", "pytest", f"tests/{suite}", *session.posargs)
         return
     lane = MATRIX.lane(lane_name)
-    with tempfile.TemporaryDirectory(prefix=f"pt2tf-test-{lane.name}-") as tmp:
-        artifacts = Path(tmp) / "artifacts"
-        _export(session, lane, out=artifacts)
-        session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
-        run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
+    artifacts = _fresh_export(session, lane)
+    session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
+    run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
+
+
+_FRESH_EXPORTS: dict[str, Path] = {}
+
+
+def _fresh_export(session: nox.Session, lane: Lane) -> Path:
+    """The lane's export made afresh in this nox run, shared by its suites (they only read it): one export per
+    lane and run instead of one per suite saves minutes on the slowest CPU. Removed when nox exits."""
+    if lane.name in _FRESH_EXPORTS:
+        session.log(f"lane {lane.name}: this run's fresh export {_FRESH_EXPORTS[lane.name]}")
+        return _FRESH_EXPORTS[lane.name]
+    root = Path(tempfile.mkdtemp(prefix=f"pt2tf-test-{lane.name}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    _export(session, lane, out=root / "artifacts")
+    _FRESH_EXPORTS[lane.name] = root / "artifacts"
+    return root / "artifacts"
 
 
 def _loadtest_suite(session: nox.Session, env: str) -> None:
     """The load test's machinery end to end: the default lane exported and converted afresh, served embedded."""
     lane = MATRIX.lane(None)
     with tempfile.TemporaryDirectory(prefix="pt2tf-test-loadtest-") as tmp:
-        artifacts, models = Path(tmp) / "artifacts", Path(tmp) / "models"
-        _export(session, lane, out=artifacts)
+        artifacts, models = _fresh_export(session, lane), Path(tmp) / "models"
         _convert(session, lane, artifacts, models)
         session.env.update(
             {
