@@ -56,6 +56,9 @@ from .runner import ManagedServer, Step, measure_capacity, run_step
 from .users import TARGET, USERS, LabelSplit
 
 STABLE, CANARY = "stable", "canary"
+# A server polls its base path every --file_system_poll_wait_seconds (2 s in server.flags, TF's default 1 s):
+# a version it has not even started to load by then is not there.
+DISCOVERY_SECONDS = 60
 
 
 class RolloutError(RuntimeError):
@@ -146,11 +149,17 @@ class Applier:
         return {s.version: (names(s.state), s.status.error_message) for s in answer.model_version_status}
 
     def wait_for(self, model: str, version: int, available: bool, timeout: float, step: str) -> None:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while time.monotonic() < deadline:
             state, error = self.states(model).get(version, ("UNKNOWN", ""))
             if available and state == "AVAILABLE":
                 return
+            if available and state == "UNKNOWN" and time.monotonic() - started > DISCOVERY_SECONDS:
+                raise RolloutError(
+                    f"[{step}] version {version} of {model} has not appeared on the server in "
+                    f"{DISCOVERY_SECONDS} s: is {version}/ in the model's base path?"
+                )
             if available and state == "END" and error:
                 raise RolloutError(f"[{step}] version {version} failed to load: {error}")
             if not available and state in ("END", "UNKNOWN"):
@@ -352,6 +361,11 @@ def main(argv: list[str] | None = None) -> int:
             args.stable = _stable_version(args, managed)
         if args.stable == args.candidate:
             parser.error(f"the candidate is version {args.candidate}, which is already stable")
+        if args.models is not None:
+            found = sorted(int(p.name) for p in (args.models / args.model).glob("*") if p.name.isdigit())
+            missing = [v for v in (args.stable, args.candidate) if v not in found]
+            if missing and managed:
+                parser.error(f"version {missing[0]} is not in {args.models / args.model} (it has {found})")
         if args.rate is None:
             if not (args.models and args.serve_python):
                 parser.error("give --rate, or --models and --serve-python to measure the capacity it is a share of")
