@@ -15,6 +15,7 @@ this module's.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -64,4 +65,4 @@ def percentile_ms(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] * 1000  # nearest rank

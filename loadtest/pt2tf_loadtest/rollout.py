@@ -53,6 +53,7 @@ from . import capacity as capacity_mod
 from .inputs import load_inputs
 from .openloop import Arrivals
 from .runner import ManagedServer, Step, measure_capacity, run_step
+from .slo import SloError
 from .users import TARGET, USERS, LabelSplit
 
 STABLE, CANARY = "stable", "canary"
@@ -254,6 +255,7 @@ def rollout(args, grpc_target: str, rest_url: str, config_path: Path | None, bas
     TARGET.grpc = grpc_target
     applier = Applier(grpc_target, config_path, record, args.dry_run)
     original = with_versions(base, model, [stable], {STABLE: stable})
+    switch_load, promoted = None, False
     try:
         try:
             applier.apply(with_versions(base, model, [stable, candidate], {STABLE: stable}), "load", model)
@@ -277,12 +279,10 @@ def rollout(args, grpc_target: str, rest_url: str, config_path: Path | None, bas
                 switch_load = gevent.spawn(_load, args, rest_url, args.switch_seconds, STABLE, None, record)
                 gevent.sleep(args.warmup + 1.0)
             applier.apply(with_versions(base, model, [stable, candidate], {STABLE: candidate}), "promote", model)
+            promoted = True
             if not args.dry_run:
-                gevent.sleep(args.drain_seconds)  # requests that named the old version by label finish first
-            applier.apply(with_versions(base, model, [candidate], {STABLE: candidate}), "retire", model)
-            if not args.dry_run:
-                applier.wait_for(model, stable, False, args.load_timeout, "retire")
-                step = switch_load.get()
+                step = switch_load.get()  # judged while the old version is still loaded, so a rollback can use it
+                switch_load = None
                 seen = _label_figures(step, STABLE)
                 ok = seen.failures == 0 and seen.requests > 0
                 gate = Gate("switch: stable failures while the label moved", "0",
@@ -291,9 +291,20 @@ def rollout(args, grpc_target: str, rest_url: str, config_path: Path | None, bas
                 print(f"  {'met' if gate.ok else 'MISSED'}: {gate.name} {gate.measured}")
                 if not gate.ok:
                     raise RolloutError(f"[switch] {gate.name} {gate.measured}")
+                gevent.sleep(args.drain_seconds)  # requests that named the old version by label finish first
+            applier.apply(with_versions(base, model, [candidate], {STABLE: candidate}), "retire", model)
+            if not args.dry_run:
+                applier.wait_for(model, stable, False, args.load_timeout, "retire")
         except RolloutError as exc:
+            if switch_load is not None:
+                switch_load.kill()
             record.outcome = f"rolled back: {exc}"
             print(f"ROLLOUT FAILED {exc}\n  rolling back: stable stays version {stable}, candidate unloaded")
+            if promoted:  # TF Serving checks labels before it loads: the old version must be back before its label
+                back = with_versions(base, model, [stable, candidate], {STABLE: candidate})
+                applier.apply(back, "rollback: reload the old version", model)
+                if not args.dry_run:
+                    applier.wait_for(model, stable, True, args.load_timeout, "rollback")
             applier.apply(original, "rollback", model)
             if not args.dry_run:
                 applier.wait_for(model, candidate, False, args.load_timeout, "rollback")
@@ -370,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.models and args.serve_python):
                 parser.error("give --rate, or --models and --serve-python to measure the capacity it is a share of")
             measured = measure_capacity(args.serve_python, args.artifacts, args.models / args.model,
-                                        folder / "capacity.json")  # fmt: skip
+                                        folder / "capacity.json", version=args.stable)  # fmt: skip
             best = measured.of(capacity_mod.scenario_signature(args.scenario)).best
             args.rate = round(args.rate_fraction * best, 1)
             print(f"production rate: {args.rate_fraction:g} × in-process best {best:.1f} img/s = {args.rate}/s")
@@ -381,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("against a running server give --config, the models.config it serves (and polls)")
         base = read_config(args.config)
         return rollout(args, args.grpc, args.rest.rstrip("/"), args.config, base, record)
-    except RolloutError as exc:
+    except (RolloutError, capacity_mod.CapacityError, SloError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         record.outcome = f"error: {exc}"
         return 2

@@ -172,6 +172,15 @@ def run_step(
     environment = Environment(user_classes=[user_class], host=rest_url, catch_exceptions=True)
     runner = environment.create_local_runner()
     TARGET.arrivals = arrivals
+    try:
+        return _measure(environment, runner, scenario, concurrency, warmup, seconds, rest_url, batching, arrivals)
+    finally:  # also on an error or Ctrl-C: no user left running, no schedule left for the next step
+        runner.quit()
+        TARGET.arrivals = None
+
+
+def _measure(environment, runner, scenario, concurrency, warmup, seconds, rest_url, batching, arrivals) -> Step:
+    """run_step's body; the runner stops (run_step's finally) once everything here is read."""
     runner.start(concurrency, spawn_rate=concurrency)
     gevent.sleep(warmup)
     before = scrape(rest_url)
@@ -198,8 +207,6 @@ def run_step(
     }  # fmt: skip
     after = scrape(rest_url)  # before the users stop: what they finish while stopping is not this step's
     lags = list(arrivals.lags) if arrivals is not None else []
-    runner.quit()
-    TARGET.arrivals = None
     cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / elapsed
     ok = requests - failures
     return Step(
@@ -270,8 +277,8 @@ class ManagedServer:
                 r"model_version_policy \{[^\n]*\}", f"model_version_policy {{ specific {{ {versions} }} }}", text
             )
             (config / "models.config").write_text(text)
-        extra = [] if batching else ["--enable_batching=false", "--batching_parameters_file="]
-        extra += list(extra_flags)
+        # The caller's flags first, so that a batching-off server stays off whatever they say about batching.
+        extra = [*extra_flags, *([] if batching else ["--enable_batching=false", "--batching_parameters_file="])]
         self.folder = folder
         self.process = ServerProcess(embedded_flags(config, models, *extra), python=str(python))
 
@@ -287,14 +294,17 @@ class ManagedServer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def measure_capacity(python: Path, artifacts: Path, model_dir: Path, out: Path) -> capacity_mod.Capacity:
-    """The model in process, in the lane's env, with the session config docker/config gives the server."""
+def measure_capacity(
+    python: Path, artifacts: Path, model_dir: Path, out: Path, version: int | None = None
+) -> capacity_mod.Capacity:
+    """The model (its newest version, or `version`) in process, in the lane's env, with docker/config's settings."""
     folder = Path(tempfile.mkdtemp(prefix="pt2tf-capacity-"))
     try:
         flags = embedded_flags(config_copy(folder / "config"), model_dir.parent)
         out.parent.mkdir(parents=True, exist_ok=True)
         argv = [str(python), "-m", "pt2tf_loadtest.capacity", "--artifacts", str(artifacts),
-                "--model-dir", str(model_dir), "--out", str(out), "--", *flags]  # fmt: skip
+                "--model-dir", str(model_dir), "--out", str(out),
+                *(["--version", str(version)] if version is not None else []), "--", *flags]  # fmt: skip
         log = folder / "capacity.log"
         # Spawned, not subprocess: this process may already run gRPC threads, which forbid fork.
         child = Spawned(argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
@@ -416,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("arrival rates, rate fractions and --pool must be positive")
     if args.rates and args.rate_fractions:
         parser.error("give --rates or --rate-fractions, not both")
+    if args.server_flags and external:
+        parser.error("--server-flag configures the embedded server this runner starts, not one given by --rest")
     if bool(args.current) != bool(args.candidate):
         parser.error("give both --current and --candidate, or neither")
     try:
@@ -444,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.capacity_measured = capacity
+    try:
+        for scenario in args.scenarios if capacity is not None else []:
+            capacity.of(capacity_mod.scenario_signature(scenario))  # a capacity of another model lacks one
+    except capacity_mod.CapacityError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if capacity is not None:
         print(f"capacity: {capacity.describe()}", flush=True)
     machine = {

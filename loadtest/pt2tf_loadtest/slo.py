@@ -114,9 +114,11 @@ def gate(slo: SloFile, steps: list, comparison: list, capacity: Capacity | None 
         c = objective.concurrency
         step = _at(steps, scenario, "on", c) or _at(steps, scenario, "as configured", c)
         if step is None:
-            ran = sorted({s.concurrency for s in steps if s.scenario == scenario and s.offered_rate is None})
-            verdicts.append(Verdict(scenario, f"a step at {c} users, where the objectives apply", "run",
-                                    f"not run (ran {ran})", False))  # fmt: skip
+            ran = sorted({(s.concurrency, s.batching) for s in steps if s.scenario == scenario
+                          and s.offered_rate is None})  # fmt: skip
+            ran_text = ", ".join(f"{users} users batching {batching}" for users, batching in ran) or "none"
+            wanted = f"a step at {c} users with batching on (or as configured), where the objectives apply"
+            verdicts.append(Verdict(scenario, wanted, "run", f"not run (ran: {ran_text})", False))
             continue
         where = f"{scenario} @ {c} users"
         note = " (generator saturated: unreliable)" if step.unreliable else ""

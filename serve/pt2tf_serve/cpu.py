@@ -74,8 +74,9 @@ def cpu_info(cpuinfo: Path | None = None) -> CpuInfo:
                 model = value.strip()
             elif key.strip() == "flags" and not flags:
                 flags = frozenset(value.split())
-    except OSError:
-        pass
+    except OSError as exc:
+        if os.environ.get(CPUINFO_ENV) and cpuinfo == cpuinfo_path():  # a typo must not pass for a CPU without bf16
+            raise OSError(f"{CPUINFO_ENV}={cpuinfo} cannot be read ({exc.strerror}): name a recorded block") from None
     return CpuInfo(model or platform.processor() or "unknown CPU", flags, os.cpu_count() or 1)
 
 
@@ -88,6 +89,6 @@ def bf16_refusal(info: CpuInfo | None = None) -> str | None:
     if info.bf16:
         return None
     return (
-        f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in /proc/cpuinfo; this one ({info.model}) has neither, "
+        f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in {cpuinfo_path()}; this one ({info.model}) has neither, "
         "so oneDNN has no native bf16 kernels here (emulated at best, slower than fp32): serve the fp32 model"
     )

@@ -269,8 +269,12 @@ def test_a_platform_config_file_gives_every_session_its_config(own_repository, e
 
 
 def _assert_bf16_refused_at_start(flags: list[str], cpu_model: str, env: dict[str, str] | None = None) -> None:
-    with pytest.raises(RuntimeError, match="exited with") as refused:
-        ServerProcess(flags, env={"TF_ENABLE_ONEDNN_OPTS": "1", **(env or {})}).start()
+    server = ServerProcess(flags, env={"TF_ENABLE_ONEDNN_OPTS": "1", **(env or {})})
+    try:
+        with pytest.raises(RuntimeError, match="exited with") as refused:
+            server.start()
+    finally:
+        server.stop()  # had it started after all, it must not outlive the test
     assert "avx512_bf16 or amx_bf16" in str(refused.value) and f"({cpu_model})" in str(refused.value)
 
 
