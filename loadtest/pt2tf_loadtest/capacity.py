@@ -128,6 +128,7 @@ def _batch(items: list[np.ndarray], size: int) -> np.ndarray:
 
 def measure(artifacts: Path, model_dir: Path, server_flags: list[str], version: int | None = None) -> Capacity:
     """Load a version of `model_dir` in a Session configured as the server's flags say, and time it."""
+    from pt2tf_convert.repository import versions
     from pt2tf_serve.cpu import cpu_info
     from pt2tf_serve.flags import parse_flags
     from pt2tf_serve.servable import Servable
@@ -136,7 +137,7 @@ def measure(artifacts: Path, model_dir: Path, server_flags: list[str], version: 
     options = parse_flags(server_flags)
     settings = session_settings(options)
     base = Path(model_dir)
-    found = sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+    found = versions(base)
     if not found:
         raise CapacityError(f"no model version under {base}: convert one first (nox -s convert)")
     version = version or found[-1]

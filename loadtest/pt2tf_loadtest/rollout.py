@@ -45,6 +45,7 @@ from pathlib import Path
 import gevent
 import grpc
 from google.protobuf import text_format
+from pt2tf_convert.repository import versions
 from pt2tf_serve.process import config_copy
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
@@ -367,16 +368,15 @@ def main(argv: list[str] | None = None) -> int:
     TARGET.inputs = load_inputs(args.artifacts)
     record = Record()
     folder = Path(tempfile.mkdtemp(prefix="pt2tf-rollout-"))
+    found = versions(args.models / args.model) if args.models is not None else []
     try:
         if args.stable is None:
-            args.stable = _stable_version(args, managed)
+            args.stable = _stable_version(args, managed, found)
         if args.stable == args.candidate:
             parser.error(f"the candidate is version {args.candidate}, which is already stable")
-        if args.models is not None:
-            found = sorted(int(p.name) for p in (args.models / args.model).glob("*") if p.name.isdigit())
-            missing = [v for v in (args.stable, args.candidate) if v not in found]
-            if missing and managed:
-                parser.error(f"version {missing[0]} is not in {args.models / args.model} (it has {found})")
+        missing = [v for v in (args.stable, args.candidate) if v not in found]
+        if missing and managed:
+            parser.error(f"version {missing[0]} is not in {args.models / args.model} (it has {found})")
         if args.rate is None:
             if not (args.models and args.serve_python):
                 parser.error("give --rate, or --models and --serve-python to measure the capacity it is a share of")
@@ -404,16 +404,15 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _stable_version(args, managed: bool) -> int:
+def _stable_version(args, managed: bool, found: list[int]) -> int:
+    """The config's `stable` label (a running server), else the newest repository version below the candidate."""
     if args.config and not managed:
         for entry in read_config(args.config).model_config_list.config:
             if entry.name == args.model and STABLE in entry.version_labels:
                 return entry.version_labels[STABLE]
-    if args.models:
-        found = sorted(int(p.name) for p in (args.models / args.model).iterdir() if p.name.isdigit())
-        below = [v for v in found if v < args.candidate]
-        if below:
-            return below[-1]
+    below = [v for v in found if v < args.candidate]
+    if below:
+        return below[-1]
     raise RolloutError("give --stable: no `stable` label in the config, and no version below the candidate")
 
 
