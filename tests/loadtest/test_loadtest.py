@@ -40,6 +40,10 @@ min_images_per_second = 0.5
 max_failure_ratio = 0.0
 min_batching_gain = 0.1
 tolerance = 0.9
+# The p99 of a 3 s step at 4 users is its third-slowest request: one scheduling stall on a shared
+# machine moved an A/A run's candidate p99 ÷ current to 2.92× in CI. Steps this short judge the
+# gate's mechanics, not a tail; slo.toml's bound rests on 15 s steps and interleaved rounds.
+tail_tolerance = 9.0
 """
 
 
@@ -204,6 +208,28 @@ def test_the_repositorys_slo_files_cover_every_scenario(name):
     assert all(o.concurrency in runner.PROFILES["default"][0] for o in loaded.objectives.values())
     # The default judges the deployment against this machine; the absolute file needs no measurement.
     assert loaded.relative == (name == "slo.toml")
+
+
+def test_candidate_throughput_and_tail_are_bounded_apart(tmp_path):
+    """tail_tolerance bounds candidate p99 ÷ current on its own; without it, tolerance bounds both."""
+    from types import SimpleNamespace
+
+    def step(label, rate, p99):
+        return SimpleNamespace(scenario="grpc-tensor", label=label, images_per_second=rate, p99_ms=p99,
+                               failures=0, requests=100)  # fmt: skip
+
+    def judged(extra: str) -> dict[str, bool]:
+        text = "[defaults]\nconcurrency = 4\np99_ms = 1000\nmin_images_per_second = 1\nmax_failure_ratio = 0\n"
+        text += "min_batching_gain = 0.5\ntolerance = 0.2\n" + extra
+        loaded = slo.load(slo_file(tmp_path, text), ["grpc-tensor"])
+        comparison = [step("current=1", 50.0, 100.0), step("candidate=2", 45.0, 250.0)]
+        return {v.objective: v.ok for v in slo._comparison("here", "grpc-tensor", loaded.objective("grpc-tensor"),
+                                                             comparison)}  # fmt: skip
+
+    assert judged("") == {"candidate failure ratio": True, "candidate throughput ÷ current": True,
+                          "candidate p99 ÷ current": False}  # fmt: skip
+    assert judged("tail_tolerance = 2.0\n")["candidate p99 ÷ current"] is True
+    assert judged("tail_tolerance = 1.0\n")["candidate p99 ÷ current"] is False
 
 
 # ---------------------------------------------------------------------------- the default, relative gate
