@@ -35,6 +35,9 @@ ARTIFACTS = ROOT / "artifacts"
 MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
+# The second architecture every lane's convert suite takes through export, convert and verify: its operators differ
+# from ResNet18's (HardSwish, HardSigmoid in squeeze-excitation blocks, depthwise convolutions) and it is cheap.
+TEST_ARCHITECTURE = "mobilenet_v3_small"
 PLATFORM_CONFIG = DOCKER_CONFIG / "platform.config"  # the session config TF Serving would run the models with
 BF16_MODEL = f"{MODEL_NAME}-bf16"
 # The project's packages, importable in every env without installing them into the shared cache.
@@ -111,22 +114,25 @@ def tests(session: nox.Session, suite: str) -> None:
     lane = MATRIX.lane(lane_name)
     artifacts = _fresh_export(session, lane)
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
+    if kind == "convert":
+        session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
-_FRESH_EXPORTS: dict[str, Path] = {}
+_FRESH_EXPORTS: dict[tuple[str, str], Path] = {}
 
 
-def _fresh_export(session: nox.Session, lane: Lane) -> Path:
-    """The lane's export made afresh in this nox run, shared by its suites (they only read it): one export per
-    lane and run instead of one per suite saves minutes on the slowest CPU. Removed when nox exits."""
-    if lane.name in _FRESH_EXPORTS:
-        session.log(f"lane {lane.name}: this run's fresh export {_FRESH_EXPORTS[lane.name]}")
-        return _FRESH_EXPORTS[lane.name]
-    root = Path(tempfile.mkdtemp(prefix=f"pt2tf-test-{lane.name}-"))
+def _fresh_export(session: nox.Session, lane: Lane, model: str = MODEL_NAME) -> Path:
+    """The lane's export of `model` made afresh in this nox run, shared by its suites (they only read it): one
+    export per lane and run instead of one per suite saves minutes on the slowest CPU. Removed when nox exits."""
+    key = (lane.name, model)
+    if key in _FRESH_EXPORTS:
+        session.log(f"lane {lane.name}: this run's fresh export of {model} {_FRESH_EXPORTS[key]}")
+        return _FRESH_EXPORTS[key]
+    root = Path(tempfile.mkdtemp(prefix=f"pt2tf-test-{lane.name}-{model}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    _export(session, lane, out=root / "artifacts")
-    _FRESH_EXPORTS[lane.name] = root / "artifacts"
+    _export(session, lane, out=root / "artifacts", model=model)
+    _FRESH_EXPORTS[key] = root / "artifacts"
     return root / "artifacts"
 
 
@@ -155,18 +161,19 @@ def _lane_paths(lane: str) -> list[str]:
     return ["--artifacts", str(ARTIFACTS / lane), *_model_args(lane)]
 
 
-def _export(session: nox.Session, lane: Lane, out: Path | None = None) -> None:
-    """Export `lane` into `out` (default artifacts/<lane>; posargs go to the exporter only then)."""
-    args = session.posargs if out is None else []
+def _export(session: nox.Session, lane: Lane, out: Path | None = None, model: str | None = None) -> None:
+    """Export `lane` into `out` (default artifacts/<lane>; posargs, e.g. --model, go to the exporter only then)."""
+    args = session.posargs if out is None else ["--model", model or MODEL_NAME]
     cmd = ["--lane", lane.name, "--exporter", lane.exporter, "--opset", str(lane.opset)]
     run_in(session, lane.env_for("export"), "-m", "pt2tf_convert.export", *cmd,
            "--out", str(out or ARTIFACTS / lane.name), *args)  # fmt: skip
 
 
 def _convert(session: nox.Session, lane: Lane, artifacts: Path | None = None, models: Path | None = None) -> None:
-    """Convert `lane` (default: artifacts/<lane> → models/<lane>; posargs go to the converter only then)."""
-    paths = _lane_paths(lane.name) if artifacts is None else ["--artifacts", str(artifacts), "--models", str(models)]
+    """Convert `lane` (default: artifacts/<lane> → models/<lane>/<the exported model>; posargs go to the converter
+    only then)."""
     args = session.posargs if artifacts is None else []
+    paths = ["--artifacts", str(artifacts or ARTIFACTS / lane.name), "--models", str(models or MODELS / lane.name)]
     cmd = ["-m", "pt2tf_convert.convert", "--lane", lane.name, "--converter", lane.converter]
     run_in(session, lane.env_for("convert"), *cmd, *paths, *args)
 
@@ -179,7 +186,7 @@ def _verify(session: nox.Session, lane: Lane) -> None:
         "pt2tf_convert.verify",
         "--lane",
         lane.name,
-        *_lane_paths(lane.name),
+        *["--artifacts", str(ARTIFACTS / lane.name), "--models", str(MODELS / lane.name)],  # the exported model
         *["--reports", str(REPORTS / lane.name)],
         *session.posargs,
     )
@@ -210,7 +217,7 @@ def _conformance(session: nox.Session, lane: Lane) -> None:
 
 
 STAGES = {
-    "export": (_export, "Export ResNet18 to ONNX + PyTorch reference"),
+    "export": (_export, "Export ResNet18 (or -- --model NAME) to ONNX + PyTorch reference"),
     "convert": (_convert, "Convert the ONNX export to a TF Serving model version"),
     "verify": (_verify, "Verify the SavedModel against PyTorch and ONNX Runtime"),
     "serve": (_serve, "Serve the model repository with the embedded TF-Serving-compatible server"),

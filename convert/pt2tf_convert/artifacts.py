@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,25 @@ def weights_description(export_manifest: dict) -> str:
     if "weights_description" not in export_manifest:
         raise ArtifactsError("export.json does not say which weights it holds (an older export): run the export again")
     return export_manifest["weights_description"]
+
+
+def read_export(artifacts: Path) -> dict:
+    """export.json, the export's manifest."""
+    path = artifacts / "export.json"
+    if not path.is_file():
+        raise ArtifactsError(f"{path} is missing: run the export stage for this lane first (nox -s export)")
+    return json.loads(path.read_text())
+
+
+def check_exported_model(artifacts: Path, model: str | None) -> None:
+    """Refuse an export of another model than `model` (None: any), naming both and the export to run."""
+    from .preprocessing import exported_model
+
+    if model is None:
+        return
+    held, _ = exported_model(read_export(artifacts))
+    if held != model:
+        raise ArtifactsError(
+            f"--model {model}: {artifacts} holds an export of {held}; export {model} first "
+            f"(nox -s export -- --model {model}, or pt2tf_convert.export --model {model})"
+        )

@@ -1,7 +1,9 @@
-"""The PyTorch model: torchvision ResNet18 in eval mode, with seeded, user or torchvision weights."""
+"""The PyTorch model: a torchvision ImageNet classifier (ResNet18 by default) in eval mode, with seeded, user or
+torchvision weights, and the preprocessing its torchvision weights specify."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
@@ -11,15 +13,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torchvision.models import ResNet18_Weights, resnet18
+import torchvision
+from torch import nn
+from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from .artifacts import sha256
+from .preprocessing import DEFAULT_MODEL, INPUT_SIZE, NUM_CLASSES, Preprocessing
 
 SEEDED = "seeded"
 SEEDED_NOTE = "seeded weights: labels are not ImageNet predictions"
 # Standard deviation of the calibrated seeded classifier's logits on the calibration inputs:
 # about what ImageNet-trained ResNet18 gives on natural photos.
 CALIBRATED_LOGIT_STD = 1.0
+# The most a whitening direction is amplified relative to the strongest (see calibrate_classifier).
+MAX_WHITENING_GAIN = 20.0
 DOWNLOAD_TIMEOUT_S = 30
 # torchvision's file names end in the first hex digits of the file's sha256: resnet18-f37072fd.pth
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
@@ -27,6 +34,65 @@ _HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
 
 class WeightsError(ValueError):
     """The weights asked for cannot be loaded; the message says what to do."""
+
+
+class ModelError(ValueError):
+    """The model asked for is not one the project can build; the message says what to do."""
+
+
+def classifier_names() -> list[str]:
+    """torchvision's ImageNet classifiers (its `torchvision.models` namespace, not detection or video)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def check_model_name(name: str) -> str:
+    """`name` if torchvision builds it as an ImageNet classifier; else an error naming close matches."""
+    known = classifier_names()
+    if name in known:
+        return name
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ModelError(
+        f"--model {name}: not a torchvision ImageNet classifier. {hint}"
+        f"Pass one of torchvision.models.list_models(module=torchvision.models): {', '.join(known)}"
+    )
+
+
+def default_weights(model: str) -> WeightsEnum:
+    """torchvision's recommended weights for `model`, whose transforms and labels the project follows."""
+    return get_model_weights(check_model_name(model)).DEFAULT
+
+
+def preprocessing_for(model: str, weights: WeightsEnum | None = None) -> Preprocessing:
+    """The inference transform `weights` (default: the model's DEFAULT weights) specify, read from torchvision."""
+    weights = weights or default_weights(model)
+    transform = weights.transforms()
+    source = f"{type(weights).__name__}.{weights.name}"
+    resize, crop = transform.resize_size, transform.crop_size
+    if len(resize) != 1 or len(crop) != 1:
+        raise ModelError(f"--model {model}: {source} resizes to {resize} and crops to {crop}; one size each expected")
+    if crop[0] != INPUT_SIZE:
+        raise ModelError(
+            f"--model {model}: {source} crops to {crop[0]}×{crop[0]}, and the serving contract's input is "
+            f"[batch, 3, {INPUT_SIZE}, {INPUT_SIZE}]; pick a classifier whose weights crop to {INPUT_SIZE} "
+            "(e.g. resnet50, mobilenet_v3_large, efficientnet_b0, convnext_tiny, vit_b_16, swin_t)"
+        )
+    interpolation = transform.interpolation.value
+    try:
+        return Preprocessing(
+            source, resize[0], crop[0], interpolation, bool(transform.antialias), tuple(transform.mean),
+            tuple(transform.std),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ModelError(f"--model {model}: {exc}; the in-graph preprocessing does only those") from None
+
+
+def labels_for(model: str, weights: WeightsEnum | None = None) -> list[str]:
+    """The class names the weights' metadata lists (ImageNet's 1000 for every torchvision classifier)."""
+    categories = list((weights or default_weights(model)).meta["categories"])
+    if len(categories) != NUM_CLASSES:
+        raise ModelError(f"--model {model}: its weights list {len(categories)} classes; the contract has {NUM_CLASSES}")
+    return categories
 
 
 @dataclass(frozen=True)
@@ -49,73 +115,117 @@ class Weights:
         return f"{self.source} (sha256 {self.sha256})"
 
 
-def _penultimate(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """ResNet18's pooled 512-wide features, the input of its `fc` layer, in float64."""
-    body = torch.nn.Sequential(*list(model.children())[:-1])  # everything up to and with avgpool
-    with torch.no_grad():
-        return torch.flatten(body(inputs), 1).double()
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The model's last `Linear` with 1000 outputs: the classifier whose input the calibration whitens."""
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == NUM_CLASSES]
+    if not found:
+        raise ModelError(
+            f"{type(model).__name__} has no Linear layer with {NUM_CLASSES} outputs, so its seeded classifier "
+            "cannot be calibrated; export it with --weights (torchvision's name or a state_dict file)"
+        )
+    return found[-1]
+
+
+def _penultimate(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
+    """The classifier layer's input features for `inputs` in float64, and the layer.
+
+    Checked to be the model's last step: its output must be the model's output, or whitening
+    its input would not set the logits.
+    """
+    layer = classifier_layer(model)
+    seen: dict[str, torch.Tensor] = {}
+    hook = layer.register_forward_hook(lambda _m, args, out: seen.update(features=args[0], logits=out))
+    try:
+        with torch.no_grad():
+            logits = model(inputs)
+    finally:
+        hook.remove()
+    if not torch.equal(seen["logits"], logits):
+        raise ModelError(
+            f"{type(model).__name__}'s last {NUM_CLASSES}-output Linear is not its final step (something follows "
+            "it), so its seeded classifier cannot be calibrated; export it with --weights"
+        )
+    return torch.flatten(seen["features"], 1).double(), layer
 
 
 def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std: float = CALIBRATED_LOGIT_STD) -> dict:
-    """Fold a whitening of the penultimate features, measured on `inputs`, into the `fc` layer.
+    """Fold a whitening of the penultimate features, measured on `inputs`, into the classifier layer.
 
-    A randomly initialised ResNet gives every input nearly the same answer: its pooled
-    features are ReLU outputs whose common mean is ~8× larger than what varies between
-    inputs, so the random `fc` layer's answer is decided by that mean. Here the features'
+    A randomly initialised classifier network gives every input nearly the same answer: in
+    ResNet18 the pooled features are ReLU outputs whose common mean is ~8× larger than what
+    varies between inputs, so the random `fc` layer's answer is decided by that mean. Here the features'
     mean is removed and the directions in which the calibration inputs differ are scaled to
     unit variance (PCA whitening, restricted to the subspace the inputs span), then the
-    seeded `fc` weights are applied and scaled so the logits have standard deviation
+    seeded classifier weights are applied and scaled so the logits have standard deviation
     `logit_std`. The result is still one `Linear` layer: fc(x) = W'x + b' with
     W' = α·W·V·diag(1/σ)·Vᵀ and b' = −W'μ. Which class each input gets is still decided by
     the seeded weights; only the features it reads are standardised.
+
+    Float32 rounding puts ~1e-7 of the features' magnitude into every direction, and whitening
+    a direction in which the inputs barely differ amplifies it into the logits: MobileNetV3-Small's
+    weakest direction is 250× weaker than its strongest, which made ONNX Runtime and PyTorch
+    differ by 7e-5. So no direction is scaled up by more than MAX_WHITENING_GAIN times the
+    strongest direction's gain (ResNet18's ratio is 13: its calibration is plain whitening).
     """
-    features = _penultimate(model, inputs)
+    features, layer = _penultimate(model, inputs)
     mean = features.mean(dim=0)
     _, singular, right = torch.linalg.svd(features - mean, full_matrices=False)
     rank = int((singular > singular[0] * 1e-6).sum())
-    basis = right[:rank].T  # [512, rank]
+    basis = right[:rank].T  # [features, rank]
     sigma = singular[:rank] / (len(features) - 1) ** 0.5  # per-direction standard deviation
-    weight = model.fc.weight.detach().double() @ (basis / sigma) @ basis.T
+    scale = torch.maximum(sigma, sigma[0] / MAX_WHITENING_GAIN)
+    weight = layer.weight.detach().double() @ (basis / scale) @ basis.T
     spread = ((features - mean) @ weight.T).std()
     weight = weight * (logit_std / spread)
     with torch.no_grad():
-        model.fc.weight.copy_(weight.float())
-        model.fc.bias.copy_((-(weight @ mean)).float())
+        layer.weight.copy_(weight.float())
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(NUM_CLASSES))
+        layer.bias.copy_((-(weight @ mean)).float())
     return {
-        "method": "penultimate-feature PCA whitening folded into fc",
+        "method": "penultimate-feature PCA whitening folded into the classifier layer",
         "inputs": len(features),
         "rank": rank,
         "feature_mean_norm": round(float(mean.norm()), 4),
         "feature_spread": [round(float(s), 4) for s in sigma],
+        "max_whitening_gain": MAX_WHITENING_GAIN,
         "logit_std": logit_std,
     }
 
 
-def seeded_resnet18(seed: int = 0) -> torch.nn.Module:
-    """ResNet18 with seeded weights and BatchNorm statistics that are far from identity.
+# Normalization layers whose scale and shift are seeded; BatchNorm's running statistics are also measured.
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
-    Freshly built BatchNorm layers have mean 0, variance 1, scale 1 and shift 0, so
-    a conversion that drops or mis-folds them would still match. Here the scales and
-    shifts are random, and the running statistics are measured on seeded data flowing
-    through those layers, then shifted and rescaled at random, so every BN layer changes
-    its input and a BN bug shows up as a parity failure.
+
+def seeded_model(model: str = DEFAULT_MODEL, seed: int = 0) -> nn.Module:
+    """torchvision's `model` with seeded weights and normalization layers that are far from identity.
+
+    Freshly built BatchNorm layers have mean 0, variance 1, scale 1 and shift 0, and fresh
+    LayerNorm/GroupNorm layers scale 1 and shift 0, so a conversion that drops or mis-folds
+    them would still match. Here every scale and shift is random, and BatchNorm's running
+    statistics are measured on seeded data flowing through those layers, then shifted and
+    rescaled at random, so every normalization layer changes its input and a bug in one shows
+    up as a parity failure.
 
     Its classifier is still the random one, which gives nearly every input the same answer;
     `build_model` calibrates it (`calibrate_classifier`) on the reference inputs.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = resnet18(weights=None)
-    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    network = get_model(check_model_name(model), weights=None)
+    norms = [m for m in network.modules() if isinstance(m, _NORMS) and getattr(m, "weight", None) is not None]
+    batchnorms = [m for m in norms if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        for bn in batchnorms:
-            bn.weight.copy_(torch.empty_like(bn.weight).uniform_(0.5, 1.5, generator=generator))
-            bn.bias.copy_(torch.empty_like(bn.bias).normal_(0.0, 0.2, generator=generator))
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over the calibration batches
-        model.train()
-        for _ in range(4):
-            model(torch.randn(8, 3, 224, 224, generator=generator))
+        for norm in norms:
+            norm.weight.copy_(torch.empty_like(norm.weight).uniform_(0.5, 1.5, generator=generator))
+            norm.bias.copy_(torch.empty_like(norm.bias).normal_(0.0, 0.2, generator=generator))
+            if norm in batchnorms:
+                norm.reset_running_stats()
+                norm.momentum = None  # cumulative average over the calibration batches
+        if batchnorms:
+            network.train()
+            for _ in range(4):
+                network(torch.randn(8, 3, INPUT_SIZE, INPUT_SIZE, generator=generator))
         for bn in batchnorms:
             bn.momentum = 0.1
             # Zero-mean noise through zero-mean convolutions leaves running means near 0:
@@ -123,16 +233,22 @@ def seeded_resnet18(seed: int = 0) -> torch.nn.Module:
             std = bn.running_var.sqrt()
             bn.running_mean.add_(torch.empty_like(std).normal_(0.0, 0.3, generator=generator) * std)
             bn.running_var.mul_(torch.empty_like(std).uniform_(0.5, 2.0, generator=generator))
-    return model.eval()
+        classifier = classifier_layer(network)
+        if not classifier.weight.any():
+            # ViT initialises its head to zeros: every logit would be 0 whatever the features.
+            classifier.weight.normal_(0.0, 0.01, generator=generator)
+    return network.eval()
 
 
-def torchvision_weights(name: str) -> ResNet18_Weights:
+def torchvision_weights(name: str, model: str = DEFAULT_MODEL) -> WeightsEnum:
+    """The member `name` of `model`'s torchvision weights enum (IMAGENET1K_V1, DEFAULT, ...)."""
+    enum = get_model_weights(check_model_name(model))
     try:
-        return ResNet18_Weights[name]
+        return enum[name]
     except KeyError:
-        known = ", ".join(w.name for w in ResNet18_Weights)
+        known = ", ".join(w.name for w in enum)
         raise WeightsError(
-            f"--weights {name}: not a file, and not a torchvision ResNet18 weights name ({known}); "
+            f"--weights {name}: not a file, and not a torchvision {model} weights name ({known}); "
             "pass a path to a state_dict file, one of those names, or 'seeded'"
         ) from None
 
@@ -142,14 +258,14 @@ def hub_checkpoint(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def fetch_torchvision_file(name: str, url: str | None = None) -> Path:
+def fetch_torchvision_file(name: str, url: str | None = None, model: str = DEFAULT_MODEL) -> Path:
     """The torch hub cache's copy of torchvision's weights file `name`, downloaded if absent.
 
     The download is torchvision's own (torch.hub.download_url_to_file), which checks the
     file's sha256 against the prefix in its name and keeps nothing on a mismatch. `url`
     replaces torchvision's address (tests serve a file on loopback; never the network).
     """
-    url = url or torchvision_weights(name).url
+    url = url or torchvision_weights(name, model).url
     path = hub_checkpoint(url)
     if path.is_file():
         return path
@@ -193,29 +309,34 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def is_torchvision_name(weights: str) -> bool:
+    """A --weights value that names torchvision weights rather than a file."""
+    return not Path(weights).exists() and os.sep not in weights and not weights.endswith((".pt", ".pth"))
+
+
 def build_model(
-    weights: str = SEEDED, seed: int = 0, calibration_inputs: torch.Tensor | None = None
-) -> tuple[torch.nn.Module, Weights]:
-    """ResNet18 in eval mode from `weights`: 'seeded', a state_dict path, or a torchvision name.
+    weights: str = SEEDED, seed: int = 0, calibration_inputs: torch.Tensor | None = None, model: str = DEFAULT_MODEL
+) -> tuple[nn.Module, Weights]:
+    """torchvision's `model` in eval mode from `weights`: 'seeded', a state_dict path, or a torchvision name.
 
     Seeded weights get their classifier calibrated on `calibration_inputs` when given;
     a user's or torchvision's weights are used exactly as they are.
     """
     if weights == SEEDED:
-        model = seeded_resnet18(seed)
-        calibration = calibrate_classifier(model, calibration_inputs) if calibration_inputs is not None else {}
-        return model, Weights(SEEDED, seed, calibration=calibration)
+        network = seeded_model(model, seed)
+        calibration = calibrate_classifier(network, calibration_inputs) if calibration_inputs is not None else {}
+        return network, Weights(SEEDED, seed, calibration=calibration)
     path = Path(weights)
     source = str(path)
-    if not path.exists() and os.sep not in weights and not weights.endswith((".pt", ".pth")):
-        path = fetch_torchvision_file(weights)
+    if is_torchvision_name(weights):
+        path = fetch_torchvision_file(weights, model=model)
         source = f"torchvision:{weights}"
     state = load_state_dict(path)
-    model = resnet18(weights=None)
-    result = model.load_state_dict(state, strict=False)
+    network = get_model(check_model_name(model), weights=None)
+    result = network.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
-            f"--weights {path}: not a torchvision ResNet18 state_dict "
+            f"--weights {path}: not a torchvision {model} state_dict "
             f"(missing {len(result.missing_keys)} keys, e.g. {result.missing_keys[:3]}; "
             f"unexpected {len(result.unexpected_keys)}, e.g. {result.unexpected_keys[:3]})"
         )
@@ -227,4 +348,4 @@ def build_model(
             "name says: this is not torchvision's file; the reports name its hash",
             file=sys.stderr,
         )
-    return model.eval(), Weights(source, sha256=digest)
+    return network.eval(), Weights(source, sha256=digest)

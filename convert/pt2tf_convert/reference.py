@@ -1,7 +1,7 @@
 """The fixed input set every stage compares on: seeded random tensors and natural photos.
 
-Photos come from scikit-image's bundled data and are preprocessed exactly as torchvision's
-ResNet18 weights specify (resize 256, center crop 224, ImageNet mean/std), so later stages
+Photos come from scikit-image's bundled data and are preprocessed exactly as the model's torchvision
+weights specify (ResNet18's: resize 256, center crop 224, ImageNet mean/std), so later stages
 can check in-graph preprocessing against the PyTorch pipeline without importing torch.
 """
 
@@ -15,7 +15,9 @@ import numpy as np
 import skimage
 import torch
 from PIL import Image
-from torchvision.models import ResNet18_Weights
+from torchvision.models import ResNet18_Weights, WeightsEnum
+
+from .preprocessing import INPUT_SIZE
 
 # JPEG and PNG, colour and greyscale (camera), so decoding paths are all exercised.
 PHOTOS = (
@@ -44,23 +46,23 @@ def photo_dir() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-def torchvision_preprocess(data: bytes) -> torch.Tensor:
-    """torchvision's own ResNet18 inference transform on an encoded image: [3, 224, 224]."""
+def torchvision_preprocess(data: bytes, weights: WeightsEnum = ResNet18_Weights.IMAGENET1K_V1) -> torch.Tensor:
+    """torchvision's own inference transform of `weights` on an encoded image: [3, 224, 224]."""
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    return ResNet18_Weights.IMAGENET1K_V1.transforms()(image)
+    return weights.transforms()(image)
 
 
-def reference_inputs(seed: int = 0) -> ReferenceInputs:
-    """Seeded random tensors followed by the preprocessed photos."""
+def reference_inputs(seed: int = 0, weights: WeightsEnum = ResNet18_Weights.IMAGENET1K_V1) -> ReferenceInputs:
+    """Seeded random tensors followed by the photos, preprocessed as `weights` specify."""
     generator = torch.Generator().manual_seed(seed + 1)
-    random = torch.randn(RANDOM_COUNT, 3, 224, 224, generator=generator)
+    random = torch.randn(RANDOM_COUNT, 3, INPUT_SIZE, INPUT_SIZE, generator=generator)
     photo_bytes = []
     for name in PHOTOS:
         path = photo_dir() / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scikit-image's bundled photo is missing; reinstall the export env")
         photo_bytes.append(path.read_bytes())
-    photos = torch.stack([torchvision_preprocess(data) for data in photo_bytes])
+    photos = torch.stack([torchvision_preprocess(data, weights) for data in photo_bytes])
     return ReferenceInputs(
         names=[f"random-{i}" for i in range(RANDOM_COUNT)] + [n.rsplit(".", 1)[0] for n in PHOTOS],
         kinds=["random"] * RANDOM_COUNT + ["photo"] * len(PHOTOS),
@@ -70,12 +72,7 @@ def reference_inputs(seed: int = 0) -> ReferenceInputs:
     )
 
 
-def imagenet_labels() -> list[str]:
-    """The 1000 ImageNet class names, as torchvision ships them."""
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def save_reference(path: Path, ref: ReferenceInputs, logits: np.ndarray) -> None:
+def save_reference(path: Path, ref: ReferenceInputs, logits: np.ndarray, labels: list[str]) -> None:
     """Write reference.npz: no pickles, so stages without torch read it with plain numpy."""
     offsets = np.cumsum([0] + [len(b) for b in ref.photo_bytes]).astype(np.int64)
     np.savez_compressed(
@@ -87,5 +84,5 @@ def save_reference(path: Path, ref: ReferenceInputs, logits: np.ndarray) -> None
         photo_names=np.array(ref.photo_names),
         photo_bytes=np.frombuffer(b"".join(ref.photo_bytes), dtype=np.uint8),
         photo_offsets=offsets,
-        labels=np.array(imagenet_labels()),
+        labels=np.array(labels),
     )

@@ -6,7 +6,8 @@
   [batch, 1000], `classes` int32 [batch, 5], `labels` string [batch, 5], `scores` [batch, 5],
   and `weights` string [batch]: which weights the answer comes from ("seeded weights: labels
   are not ImageNet predictions ..." or the weights' name and sha256), so no answer is taken
-  for what it is not. torchvision's ResNet preprocessing is done in the graph.
+  for what it is not. The model's torchvision preprocessing (its weights' resize, crop,
+  interpolation, mean/std: `Preprocessing`) is done in the graph.
 """
 
 from __future__ import annotations
@@ -18,25 +19,23 @@ from typing import Any
 
 import tensorflow as tf
 
+from .preprocessing import INPUT_SIZE, NUM_CLASSES, RESNET18, Preprocessing
+
 SERVING_DEFAULT = "serving_default"
 PREDICT_IMAGES = "predict_images"
 TOP_K = 5
-# torchvision's ResNet18_Weights.IMAGENET1K_V1.transforms(): resize 256, crop 224, mean/std.
-RESIZE = 256
-CROP = 224
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+CROP = INPUT_SIZE
 
 # signature → ("inputs" | "outputs") → name → (dtype, shape); None is the batch axis.
 CONTRACT: dict[str, dict[str, dict[str, tuple[str, tuple[int | None, ...]]]]] = {
     SERVING_DEFAULT: {
         "inputs": {"input": ("float32", (None, 3, CROP, CROP))},
-        "outputs": {"output": ("float32", (None, 1000))},
+        "outputs": {"output": ("float32", (None, NUM_CLASSES))},
     },
     PREDICT_IMAGES: {
         "inputs": {"image_bytes": ("string", (None,))},
         "outputs": {
-            "probabilities": ("float32", (None, 1000)),
+            "probabilities": ("float32", (None, NUM_CLASSES)),
             "classes": ("int32", (None, TOP_K)),
             "labels": ("string", (None, TOP_K)),
             "scores": ("float32", (None, TOP_K)),
@@ -60,21 +59,21 @@ class ConvertedModel:
     layout: str  # "NCHW" or "NHWC": the layout the converted graph's input expects
 
 
-def _resized_size(height: tf.Tensor, width: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    # torchvision Resize(256): the shorter side becomes 256, the longer int(256 * long / short).
+def _resized_size(height: tf.Tensor, width: tf.Tensor, size: int = RESNET18.resize) -> tuple[tf.Tensor, tf.Tensor]:
+    # torchvision Resize(size): the shorter side becomes `size`, the longer int(size * long / short).
     short = tf.minimum(height, width)
     long = tf.maximum(height, width)
-    new_long = tf.cast(tf.math.floor(RESIZE * tf.cast(long, tf.float64) / tf.cast(short, tf.float64)), tf.int32)
-    new_height = tf.where(height <= width, RESIZE, new_long)
-    new_width = tf.where(height <= width, new_long, RESIZE)
+    new_long = tf.cast(tf.math.floor(size * tf.cast(long, tf.float64) / tf.cast(short, tf.float64)), tf.int32)
+    new_height = tf.where(height <= width, size, new_long)
+    new_width = tf.where(height <= width, new_long, size)
     return new_height, new_width
 
 
-def preprocess_image(encoded: tf.Tensor) -> tf.Tensor:
-    """JPEG/PNG bytes → float32 [3, 224, 224], as torchvision's ResNet transforms on a PIL image.
+def preprocess_image(encoded: tf.Tensor, spec: Preprocessing = RESNET18) -> tf.Tensor:
+    """JPEG/PNG bytes → float32 [3, crop, crop], as the model's torchvision transforms on a PIL image.
 
-    PIL resizes a uint8 image with an antialiased bilinear filter and rounds back to uint8;
-    the graph does the same with tf.image.resize(antialias=True). The filters are not
+    PIL resizes a uint8 image with an antialiased bilinear or bicubic filter and rounds back to
+    uint8; the graph does the same with tf.image.resize(antialias=...). The filters are not
     bit-identical, which is why preprocessing parity has its own, measured bound.
     """
     image = tf.cond(
@@ -85,24 +84,32 @@ def preprocess_image(encoded: tf.Tensor) -> tf.Tensor:
     )
     image.set_shape([None, None, 3])
     shape = tf.shape(image)
-    new_height, new_width = _resized_size(shape[0], shape[1])
-    resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_height, new_width]), antialias=True)
+    new_height, new_width = _resized_size(shape[0], shape[1], spec.resize)
+    resized = tf.image.resize(
+        tf.cast(image, tf.float32),
+        tf.stack([new_height, new_width]),
+        method=spec.interpolation,  # "bilinear" or "bicubic": tf.image.ResizeMethod's names
+        antialias=spec.antialias,
+    )
     resized = tf.round(tf.clip_by_value(resized, 0.0, 255.0))
-    # torchvision CenterCrop: top = int(round((h - 224) / 2)), Python's round (half to even) like tf.round.
-    top = tf.cast(tf.round(tf.cast(new_height - CROP, tf.float32) / 2.0), tf.int32)
-    left = tf.cast(tf.round(tf.cast(new_width - CROP, tf.float32) / 2.0), tf.int32)
-    cropped = tf.slice(resized, tf.stack([top, left, 0]), [CROP, CROP, 3])
-    normalized = (cropped / 255.0 - tf.constant(MEAN)) / tf.constant(STD)
+    # torchvision CenterCrop: top = int(round((h - crop) / 2)), Python's round (half to even) like tf.round.
+    top = tf.cast(tf.round(tf.cast(new_height - spec.crop, tf.float32) / 2.0), tf.int32)
+    left = tf.cast(tf.round(tf.cast(new_width - spec.crop, tf.float32) / 2.0), tf.int32)
+    cropped = tf.slice(resized, tf.stack([top, left, 0]), [spec.crop, spec.crop, 3])
+    normalized = (cropped / 255.0 - tf.constant(spec.mean)) / tf.constant(spec.std)
     return tf.transpose(normalized, [2, 0, 1])
 
 
 class ServingModule(tf.Module):
     """Wraps a converted SavedModel behind the project's two signatures."""
 
-    def __init__(self, converted: ConvertedModel, labels: list[str], weights: str):
+    def __init__(self, converted: ConvertedModel, labels: list[str], weights: str, preprocessing: Preprocessing):
         super().__init__()
         if converted.layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be NCHW or NHWC, not {converted.layout!r}")
+        if preprocessing.crop != CROP:
+            raise ValueError(f"{preprocessing.source} crops to {preprocessing.crop}; the contract's input is {CROP}")
+        self._preprocessing = preprocessing
         self.converted = converted.trackable  # tracked: its variables are saved with this module
         self._call = converted.call  # not tracked: only the traced graph is saved
         self._layout = converted.layout
@@ -121,7 +128,9 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def predict_images(self, image_bytes):
         images = tf.map_fn(
-            preprocess_image, image_bytes, fn_output_signature=tf.TensorSpec([3, CROP, CROP], tf.float32)
+            lambda encoded: preprocess_image(encoded, self._preprocessing),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([3, CROP, CROP], tf.float32),
         )
         probabilities = tf.nn.softmax(self.logits(images), axis=-1)
         scores, classes = tf.math.top_k(probabilities, k=TOP_K)
@@ -134,9 +143,11 @@ class ServingModule(tf.Module):
         }
 
 
-def save_serving_model(converted: ConvertedModel, labels: list[str], weights: str, path: Path) -> None:
+def save_serving_model(
+    converted: ConvertedModel, labels: list[str], weights: str, path: Path, preprocessing: Preprocessing = RESNET18
+) -> None:
     """Write the wrapped SavedModel with exactly the contract's signatures; `weights` says whose answers."""
-    module = ServingModule(converted, labels, weights)
+    module = ServingModule(converted, labels, weights, preprocessing)
     signatures = {
         SERVING_DEFAULT: module.serve.get_concrete_function(),
         PREDICT_IMAGES: module.predict_images.get_concrete_function(),

@@ -1,6 +1,7 @@
 """Serve the lane's model repository and check it end to end: `nox -s serve-check` (part of `make all`).
 
 Starts the embedded server with docker/config's flags and files, classifies the reference photos
+with the exported model (`--model`, default: the one the export holds, e.g. resnet18)
 over REST and gRPC with pt2tf-client's library, and compares each top-5 with in-process
 `tf.saved_model.load` on the same version. Exits non-zero, naming the photo, on any difference.
 """
@@ -17,32 +18,46 @@ import numpy as np
 from .client import GrpcClient, RestClient, top5, weights_stated
 from .process import ServerProcess, config_copy, embedded_flags
 
-MODEL = "resnet18"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pt2tf-serve-check", description=__doc__)
-    parser.add_argument("--models", type=Path, required=True, help="model repository: <models>/resnet18/<version>/")
+    parser.add_argument("--models", type=Path, required=True, help="model repository: <models>/<model>/<version>/")
     parser.add_argument("--artifacts", type=Path, required=True, help="the export's output (reference photos)")
+    parser.add_argument("--model", help="the served model to check (default: the exported one, named in export.json)")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
-    from pt2tf_convert.artifacts import load_reference, photo_bytes
+    from pt2tf_convert.artifacts import ArtifactsError, check_exported_model, load_reference, photo_bytes, read_export
+    from pt2tf_convert.preprocessing import exported_model
     from pt2tf_convert.repository import versions
 
-    found = versions(args.models / MODEL)
+    try:
+        check_exported_model(args.artifacts, args.model)
+        model = args.model or exported_model(read_export(args.artifacts))[0]
+    except ArtifactsError as exc:
+        parser.error(str(exc))
+    found = versions(args.models / model)
     if not found:
-        parser.error(f"no model version under {args.models / MODEL}: run nox -s convert first")
+        parser.error(f"no model version under {args.models / model}: run nox -s convert first")
     reference = load_reference(args.artifacts)
     photos = photo_bytes(reference)
     names = [str(n) for n in reference["photo_names"]]
-    loaded = tf.saved_model.load(str(args.models / MODEL / str(max(found))))
+    loaded = tf.saved_model.load(str(args.models / model / str(max(found))))
     local = {k: v.numpy() for k, v in loaded.signatures["predict_images"](image_bytes=tf.constant(photos)).items()}
     want = top5(local)
     # None for a version converted before predict_images named its weights: its top-5 is still checked.
     stated = (weights_stated(local) or [None])[0]
 
+    from google.protobuf import text_format
+
+    from .config import load_model_config
+
     config = config_copy(Path(tempfile.mkdtemp(prefix="pt2tf-check-")) / "config")
+    # docker/config/models.config serves resnet18: the same config (version policy and all) for this model.
+    models_config = load_model_config(config / "models.config")
+    entry = models_config.model_config_list.config[0]
+    entry.name, entry.base_path = model, f"/models/{model}"
+    (config / "models.config").write_text(text_format.MessageToString(models_config))
     problems = []
     with ServerProcess(embedded_flags(config, args.models)) as server:
         print(f"embedded server up: REST {server.rest_url}, gRPC {server.grpc_target}", flush=True)
@@ -52,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows, times = [], []
                 for client in (rest, grpc):
                     started = time.monotonic()
-                    outputs = client.predict(MODEL, {"image_bytes": [photo]}, signature="predict_images")
+                    outputs = client.predict(model, {"image_bytes": [photo]}, signature="predict_images")
                     times.append((time.monotonic() - started) * 1000)
                     rows.append(top5(outputs)[0])
                     if stated is not None and weights_stated(outputs) != [stated]:
@@ -66,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<20} {times[0]:8.1f} {times[1]:8.1f}  {klass:4d} {label} ({score:.3f})")
     for problem in problems:
         print(f"MISMATCH {problem}")
-    print("served answers match in-process TensorFlow" if not problems else f"{len(problems)} mismatches")
+    print(f"{model}: served answers match in-process TensorFlow" if not problems else f"{len(problems)} mismatches")
     print(f"weights: {stated or 'not stated (a version converted before answers named them: convert again)'}")
     if stated and stated.startswith("seeded"):
         print("  (nox -s export -- --weights IMAGENET1K_V1 or --weights FILE for real ones)")

@@ -1,4 +1,4 @@
-"""Export stage: real torchvision ResNet18, real exporters, real ONNX Runtime."""
+"""Export stage: real torchvision ResNet18 (and MobileNetV3), real exporters, real ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -24,11 +24,15 @@ from pt2tf_convert.metrics import MIN_DISTINCT_TOP1, discrimination
 from pt2tf_convert.model import (
     CALIBRATED_LOGIT_STD,
     SEEDED_NOTE,
+    ModelError,
     WeightsError,
     build_model,
+    classifier_layer,
     fetch_torchvision_file,
-    seeded_resnet18,
+    preprocessing_for,
+    seeded_model,
 )
+from pt2tf_convert.preprocessing import RESNET18, Preprocessing
 from pt2tf_convert.reference import reference_inputs
 from pt2tf_convert.runtimes import onnxruntime_session, run_onnxruntime
 from pt2tf_toolchain.matrix import load_matrix
@@ -107,7 +111,7 @@ def test_reference_answers_discriminate(exported):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_calibration_is_what_makes_seeded_answers_vary(seed):
     inputs = torch.from_numpy(reference_inputs(seed).inputs)
-    raw = seeded_resnet18(seed)
+    raw = seeded_model("resnet18", seed)
     calibrated, weights = build_model("seeded", seed, calibration_inputs=inputs)
     with torch.no_grad():
         before, after = raw(inputs).numpy(), calibrated(inputs).numpy()
@@ -130,7 +134,7 @@ def test_a_fixed_batch_axis_fails_loudly(exported):
 
 
 def test_seeded_batchnorm_is_far_from_identity():
-    model = seeded_resnet18(0)
+    model = seeded_model("resnet18", 0)
     for name, bn in model.named_modules():
         if isinstance(bn, torch.nn.BatchNorm2d):
             assert bn.running_mean.abs().mean() > 1e-2, name
@@ -150,17 +154,17 @@ def test_seeded_batchnorm_is_far_from_identity():
 def test_seeded_weights_are_reproducible():
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        assert torch.equal(seeded_resnet18(3)(x), seeded_resnet18(3)(x))
-        assert not torch.equal(seeded_resnet18(3)(x), seeded_resnet18(4)(x))
+        assert torch.equal(seeded_model("resnet18", 3)(x), seeded_model("resnet18", 3)(x))
+        assert not torch.equal(seeded_model("resnet18", 3)(x), seeded_model("resnet18", 4)(x))
 
 
 def test_training_mode_is_refused(tmp_path):
     with pytest.raises(ExportError, match="training mode"):
-        export_onnx(seeded_resnet18(0).train(), tmp_path / "m.onnx", "dynamo", 18)
+        export_onnx(seeded_model("resnet18", 0).train(), tmp_path / "m.onnx", "dynamo", 18)
 
 
 def test_user_weights_file_is_loaded(tmp_path):
-    source = seeded_resnet18(7)
+    source = seeded_model("resnet18", 7)
     path = tmp_path / "weights.pt"
     # Saved from DataParallel: keys carry a "module." prefix, which is stripped openly.
     torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, path)
@@ -176,13 +180,13 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
     from torchvision.models import resnet34
 
     torch.save(resnet34(weights=None).state_dict(), path)
-    with pytest.raises(WeightsError, match="not a torchvision ResNet18 state_dict"):
+    with pytest.raises(WeightsError, match="not a torchvision resnet18 state_dict"):
         build_model(str(path))
 
 
 def test_a_pickled_object_is_refused(tmp_path):
     path = tmp_path / "model.pt"
-    torch.save(seeded_resnet18(0), path)  # a whole module, not a state_dict
+    torch.save(seeded_model("resnet18", 0), path)  # a whole module, not a state_dict
     with pytest.raises(WeightsError, match="weights-only"):
         build_model(str(path))
 
@@ -192,7 +196,7 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch, c
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
-    source = seeded_resnet18(5)
+    source = seeded_model("resnet18", 5)
     torch.save(source.state_dict(), cached)
     model, weights = build_model("IMAGENET1K_V1", calibration_inputs=torch.zeros(2, 3, 224, 224))
     x = torch.randn(1, 3, 224, 224)
@@ -218,7 +222,7 @@ def test_an_absent_torchvision_file_is_downloaded_and_its_hash_checked(tmp_path,
     served = tmp_path / "served"
     served.mkdir()
     staged = served / "staged.pth"
-    torch.save(seeded_resnet18(6).state_dict(), staged)
+    torch.save(seeded_model("resnet18", 6).state_dict(), staged)
     good = served / f"resnet18-{export_mod.sha256(staged)[:8]}.pth"  # torchvision's naming: hash prefix
     staged.rename(good)
     bad = served / "resnet18-00000000.pth"
@@ -250,7 +254,7 @@ def test_an_absent_torchvision_file_offline_is_a_one_line_error(tmp_path, monkey
 
 
 def test_unknown_weights_name_is_refused():
-    with pytest.raises(WeightsError, match="not a torchvision ResNet18 weights name"):
+    with pytest.raises(WeightsError, match="not a torchvision resnet18 weights name"):
         build_model("IMAGENET9K_V9")
 
 
@@ -284,7 +288,7 @@ def test_command_line_exports_with_torchvision_weights_from_the_hub_cache(tmp_pa
     home = tmp_path / "torch-home"
     cached = home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
-    torch.save(seeded_resnet18(8).state_dict(), cached)  # stands in for torchvision's file
+    torch.save(seeded_model("resnet18", 8).state_dict(), cached)  # stands in for torchvision's file
     cmd = [sys.executable, "-m", "pt2tf_convert.export", "--lane", "x", "--exporter", "dynamo", "--opset", "18"]
     cmd += ["--out", str(tmp_path / "out"), "--weights", "IMAGENET1K_V1"]
     env = {**os.environ, "PYTHONPATH": str(Path(export_mod.__file__).parents[1]), "TORCH_HOME": str(home)}
@@ -296,3 +300,84 @@ def test_command_line_exports_with_torchvision_weights_from_the_hub_cache(tmp_pa
     assert manifest["weights_description"] == f"torchvision:IMAGENET1K_V1 (sha256 {manifest['weights_sha256']})"
     assert manifest["classifier_calibration"] is None
     assert f"sha256 {manifest['weights_sha256']}" in result.stderr
+
+
+# A model is a parameter: any torchvision classifier whose weights crop to 224.
+
+
+def test_an_unknown_model_is_refused_naming_close_matches_and_writes_nothing(tmp_path):
+    with pytest.raises(
+        ModelError, match=r"mobilenet_v3_smal: not a torchvision ImageNet classifier\. did you mean mobilenet_v3_small"
+    ):
+        export("x", "dynamo", 18, tmp_path / "out", model_name="mobilenet_v3_smal")
+    assert not (tmp_path / "out").exists()
+    cmd = [sys.executable, "-m", "pt2tf_convert.export", "--lane", "x", "--exporter", "dynamo", "--opset", "18"]
+    cmd += ["--out", str(tmp_path / "out"), "--model", "resnet181"]
+    env = {**os.environ, "PYTHONPATH": str(Path(export_mod.__file__).parents[1])}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and not (tmp_path / "out").exists()
+    assert "error: --model resnet181: not a torchvision ImageNet classifier. did you mean resnet18" in result.stderr
+    assert "mobilenet_v3_small" in result.stderr, "the message lists the names that work"
+
+
+def test_preprocessing_is_what_each_models_weights_specify():
+    # ResNet18's is the record older exports stand for (pt2tf_convert.preprocessing.RESNET18).
+    assert preprocessing_for("resnet18") == RESNET18
+    large = preprocessing_for("mobilenet_v3_large")  # its DEFAULT weights are IMAGENET1K_V2
+    assert (large.source, large.resize, large.crop, large.interpolation) == (
+        "MobileNet_V3_Large_Weights.IMAGENET1K_V2", 232, 224, "bilinear")  # fmt: skip
+    efficientnet = preprocessing_for("efficientnet_b0")
+    assert (efficientnet.resize, efficientnet.interpolation, efficientnet.antialias) == (256, "bicubic", True)
+    assert preprocessing_for("convnext_tiny").resize == 236
+    assert Preprocessing.from_json(json.loads(json.dumps(large.to_json()))) == large
+
+
+def test_weights_that_crop_to_another_size_are_refused_naming_it():
+    with pytest.raises(ModelError, match=r"Inception_V3_Weights.IMAGENET1K_V1 crops to 299×299, and the serving"):
+        preprocessing_for("inception_v3")
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "swin_t", "vit_b_16"])
+def test_seeded_normalization_is_far_from_identity_for_every_kind(name):
+    model = seeded_model(name, 0)
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm))]
+    assert norms, f"{name} has normalization layers"
+    for norm in norms:
+        assert (norm.weight - 1).abs().mean() > 0.1 and norm.bias.abs().mean() > 0.05
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            # Relative to each channel's spread: deep layers of MobileNetV3 have small activations.
+            assert (norm.running_mean.abs() / norm.running_var.sqrt()).mean() > 0.1
+            assert (norm.running_var - 1).abs().mean() > 1e-2
+    # ViT's head starts at zeros: every answer would be the same whatever the features.
+    assert classifier_layer(model).weight.abs().mean() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("mobilenet") / "lane"
+    return out, export("onnx-tf", "torchscript", 13, out, model_name="mobilenet_v3_small")
+
+
+def test_mobilenet_v3_small_exports_with_its_preprocessing_labels_and_varied_answers(mobilenet):
+    out, manifest = mobilenet
+    assert manifest["model"] == "mobilenet_v3_small"
+    assert manifest["preprocessing"] == preprocessing_for("mobilenet_v3_small").to_json()
+    assert manifest["preprocessing"]["source"] == "MobileNet_V3_Small_Weights.IMAGENET1K_V1"
+    ops = {node.op_type for node in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "HardSigmoid" in ops, "squeeze-excitation gates and HardSwish: operators ResNet18 lacks"
+    ref = np.load(out / "reference.npz", allow_pickle=False)
+    assert ref["inputs"].shape == (16, 3, 224, 224) and len(ref["labels"]) == 1000
+    answers = manifest["reference_answers"]
+    assert answers["distinct_top1"] >= MIN_DISTINCT_TOP1 and answers["min_margin"] > 0
+    # Its float32 rounding is ~10× ResNet18's: the bound ONNX Runtime was held to grew with it, and is recorded.
+    rounding = manifest["pytorch_float32_rounding"]
+    assert 1e-5 < rounding < 1e-3
+    assert manifest["onnxruntime_vs_pytorch_tolerance"] == max(1e-5, 2 * rounding)
+    assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= manifest["onnxruntime_vs_pytorch_tolerance"]
+    got = run_onnxruntime(onnxruntime_session(out / "model.onnx"), ref["inputs"], 4)
+    assert np.max(np.abs(got - ref["logits"])) <= manifest["onnxruntime_vs_pytorch_tolerance"]
+
+
+def test_resnet18_keeps_its_1e5_bound(exported):
+    _, _, _, manifest = exported
+    assert manifest["pytorch_float32_rounding"] < 5e-6 and manifest["onnxruntime_vs_pytorch_tolerance"] == 1e-5
