@@ -35,7 +35,7 @@ ARTIFACTS = ROOT / "artifacts"
 MODELS = ROOT / "models"
 REPORTS = ROOT / "reports"
 MODEL_NAME = "resnet18"
-# The second architecture every lane's convert suite takes through export, convert and verify: its operators differ
+# The second architecture every lane's suites take through export, convert, verify and serving: its operators differ
 # from ResNet18's (HardSwish, HardSigmoid in squeeze-excitation blocks, depthwise convolutions) and it is cheap.
 TEST_ARCHITECTURE = "mobilenet_v3_small"
 PLATFORM_CONFIG = DOCKER_CONFIG / "platform.config"  # the session config TF Serving would run the models with
@@ -114,8 +114,7 @@ def tests(session: nox.Session, suite: str) -> None:
     lane = MATRIX.lane(lane_name)
     artifacts = _fresh_export(session, lane)
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
-    if kind == "convert":
-        session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
+    session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
