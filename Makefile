@@ -8,7 +8,7 @@ export PT2TF_CACHE ?= $(HOME)/.cache/pt2tf
 TOOLCHAIN := PYTHONPATH=toolchain $(PYTHON) -m pt2tf_toolchain
 NOX = $(shell $(TOOLCHAIN) path tools)/bin/nox --no-color
 
-.PHONY: all test matrix lane lint-and-export-tests bench serve serve-bench loadtest rollout conformance checks lock tools clean clean-envs help
+.PHONY: all test matrix models lane lint-and-export-tests bench serve serve-bench loadtest rollout conformance checks lock tools clean clean-envs help
 LANE ?= $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().default_lane)")
 SERVING_IMAGE = $(shell PYTHONPATH=toolchain $(PYTHON) -c "from pt2tf_toolchain.matrix import load_matrix; print(load_matrix().lane('$(LANE)').serving_image)")
 # auto: the real image in Docker when an engine answers and the lane's image is present, else the embedded server
@@ -27,6 +27,8 @@ help:
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
 	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert and serve test suites"
+	@echo "make models     export → convert → verify of nine torchvision architectures on every lane (reports/models.md);"
+	@echo "                MODELS='resnet50 swin_t' for some"
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
 	@echo "make loadtest   Locust sweep, SLO gate, reports/loadtest/; ARGS='--rest URL --grpc HOST:PORT' for another server"
@@ -64,6 +66,10 @@ test: tools
 matrix: tools
 	@echo "==> every lane: export, convert, verify; then the side-by-side table"
 	@$(NOX) -t matrix
+
+models: tools
+	@echo "==> architectures × lanes: export, convert, verify each; one cell per pair (reports/models.md)"
+	@$(NOX) -s models -- $(MODELS)
 
 lane: tools
 	@echo "==> lane $(LANE): export, convert, verify; then its convert and serve test suites"

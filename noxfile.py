@@ -408,6 +408,33 @@ def _candidate_args(model_dir: Path) -> list[str]:
     return ["--current", str(found[-2]), "--candidate", str(found[-1])] if len(found) >= 2 else []
 
 
+# The architectures `nox -s models` takes through every lane (issue 19): convolutional families, depthwise and
+# squeeze-excitation blocks, dense connections, LayerNorm/GELU transformers with attention.
+MATRIX_MODELS = (
+    "resnet18",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "convnext_tiny",
+    "densenet121",
+    "swin_t",
+)
+
+
+@nox.session(python=False)
+def models(session: nox.Session) -> None:
+    """Export → convert → verify each architecture on every lane, a cell each (reports/models.md); -- NAME... picks."""
+    lanes = []
+    for lane in MATRIX.lanes.values():
+        pythons = [env_python(session, lane.env_for(stage)) for stage in ("export", "convert")]
+        lanes += ["--lane", ":".join([lane.name, lane.exporter, str(lane.opset), lane.converter, *pythons])]
+    names = session.posargs or list(MATRIX_MODELS)
+    _run_here(session, "pt2tf_convert.model_matrix", "--out", str(REPORTS / "models"), *lanes, "--models", *names,
+              "--cpu", cpu_info().describe())  # fmt: skip
+
+
 @nox.session(python=False, name="matrix-table", tags=["matrix"])
 def matrix_table(session: nox.Session) -> None:
     """Print every lane's parity report side by side (reports/matrix.md)."""

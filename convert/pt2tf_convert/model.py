@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from .artifacts import sha256
+from .metrics import MIN_DISTINCT_TOP1
 from .preprocessing import DEFAULT_MODEL, INPUT_SIZE, NUM_CLASSES, Preprocessing
 
 SEEDED = "seeded"
@@ -25,8 +26,9 @@ SEEDED_NOTE = "seeded weights: labels are not ImageNet predictions"
 # Standard deviation of the calibrated seeded classifier's logits on the calibration inputs:
 # about what ImageNet-trained ResNet18 gives on natural photos.
 CALIBRATED_LOGIT_STD = 1.0
-# The most a whitening direction is amplified relative to the strongest (see calibrate_classifier).
-MAX_WHITENING_GAIN = 20.0
+# The most a whitening direction is amplified relative to the strongest, tried in turn until the seeded answers vary
+# enough (see calibrate_classifier); None: plain whitening.
+WHITENING_GAINS = (20.0, 40.0, 80.0, None)
 DOWNLOAD_TIMEOUT_S = 30
 # torchvision's file names end in the first hex digits of the file's sha256: resnet18-f37072fd.pth
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
@@ -164,8 +166,9 @@ def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std
     Float32 rounding puts ~1e-7 of the features' magnitude into every direction, and whitening
     a direction in which the inputs barely differ amplifies it into the logits: MobileNetV3-Small's
     weakest direction is 250× weaker than its strongest, which made ONNX Runtime and PyTorch
-    differ by 7e-5. So no direction is scaled up by more than MAX_WHITENING_GAIN times the
-    strongest direction's gain (ResNet18's ratio is 13: its calibration is plain whitening).
+    differ by 7e-5. So no direction is scaled up by more than 20 times the strongest direction's
+    gain (ResNet18's ratio is 13: its calibration is plain whitening), or 40, 80, unbounded when the
+    answers would otherwise vary too little (MobileNetV3-Large: 11 distinct classes at 20, 13 at 40).
     """
     features, layer = _penultimate(model, inputs)
     mean = features.mean(dim=0)
@@ -173,9 +176,13 @@ def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std
     rank = int((singular > singular[0] * 1e-6).sum())
     basis = right[:rank].T  # [features, rank]
     sigma = singular[:rank] / (len(features) - 1) ** 0.5  # per-direction standard deviation
-    scale = torch.maximum(sigma, sigma[0] / MAX_WHITENING_GAIN)
-    weight = layer.weight.detach().double() @ (basis / scale) @ basis.T
-    spread = ((features - mean) @ weight.T).std()
+    for gain in WHITENING_GAINS:
+        scale = sigma if gain is None else torch.maximum(sigma, sigma[0] / gain)
+        weight = layer.weight.detach().double() @ (basis / scale) @ basis.T
+        logits = (features - mean) @ weight.T
+        if len(set(logits.argmax(dim=1).tolist())) >= MIN_DISTINCT_TOP1:
+            break
+    spread = logits.std()
     weight = weight * (logit_std / spread)
     with torch.no_grad():
         layer.weight.copy_(weight.float())
@@ -188,7 +195,7 @@ def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std
         "rank": rank,
         "feature_mean_norm": round(float(mean.norm()), 4),
         "feature_spread": [round(float(s), 4) for s in sigma],
-        "max_whitening_gain": MAX_WHITENING_GAIN,
+        "max_whitening_gain": gain,
         "logit_std": logit_std,
     }
 

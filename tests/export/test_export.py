@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from pt2tf_convert import export as export_mod
 from pt2tf_convert.export import ExportError, check_symbolic_batch, export, export_onnx
-from pt2tf_convert.metrics import MIN_DISTINCT_TOP1, discrimination
+from pt2tf_convert.metrics import MIN_DISTINCT_TOP1, ROUNDING_FACTOR, discrimination
 from pt2tf_convert.model import (
     CALIBRATED_LOGIT_STD,
     SEEDED_NOTE,
@@ -372,12 +372,13 @@ def test_mobilenet_v3_small_exports_with_its_preprocessing_labels_and_varied_ans
     # Its float32 rounding is ~10× ResNet18's: the bound ONNX Runtime was held to grew with it, and is recorded.
     rounding = manifest["pytorch_float32_rounding"]
     assert 1e-5 < rounding < 1e-3
-    assert manifest["onnxruntime_vs_pytorch_tolerance"] == max(1e-5, 2 * rounding)
+    assert manifest["onnxruntime_vs_pytorch_tolerance"] == max(1e-5, ROUNDING_FACTOR * rounding)
     assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= manifest["onnxruntime_vs_pytorch_tolerance"]
     got = run_onnxruntime(onnxruntime_session(out / "model.onnx"), ref["inputs"], 4)
     assert np.max(np.abs(got - ref["logits"])) <= manifest["onnxruntime_vs_pytorch_tolerance"]
 
 
-def test_resnet18_keeps_its_1e5_bound(exported):
+def test_resnet18_rounds_least_and_still_meets_1e5(exported):
     _, _, _, manifest = exported
-    assert manifest["pytorch_float32_rounding"] < 5e-6 and manifest["onnxruntime_vs_pytorch_tolerance"] == 1e-5
+    assert manifest["pytorch_float32_rounding"] < 5e-6
+    assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= 1e-5
