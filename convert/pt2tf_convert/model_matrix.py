@@ -59,6 +59,26 @@ def error_line(stderr: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+_ONNX_PATH = re.compile(r"/\S*/(model\.onnx)")
+_TELLING = ("must be", "not implemented", "not supported", "unsupported", "error:")
+_CODE = ("raise ", "return ", "File ", "output_ops", "in user code")
+_NODE = re.compile(r"name=\\*'node_([A-Za-z]+_\d+)")
+
+
+def headline(error: str) -> str:
+    """An error whose message carries a converter's traceback (as one repr with \\n in it): its prefix, the line
+    that says what is wrong, and the ONNX node when the converter names it. Temporary paths are cut."""
+    error = _ONNX_PATH.sub(r"\1", error)
+    if "\\n" not in error:
+        return error
+    parts = [part.strip(" \\t'\"()") for part in error.split("\\n")]
+    parts = [part for part in parts if part and not part.startswith(_CODE)]
+    prefix = re.split(r" \(|: ", parts[0], maxsplit=1)[0]
+    telling = next((part for part in parts[1:] if any(word in part.lower() for word in _TELLING)), parts[-1])
+    node = _NODE.search(error)
+    return f"{prefix}: {telling}" + (f" (ONNX node {node.group(1)})" if node else "")
+
+
 def _run(python: str, args: list[str], env: dict[str, str]) -> tuple[bool, float, str]:
     started = time.monotonic()
     try:
@@ -142,8 +162,8 @@ def _cell_text(cell: dict | None) -> str:
         return "not run"
     if not cell["passed"]:
         where = cell["stage"]
-        error = cell["error"].replace("|", "\\|")
-        return f"✗ **{where}**: {error[:160]}{'…' if len(error) > 160 else ''}"
+        error = headline(cell["error"]).replace("|", "\\|")
+        return f"✗ **{where}**: {error[:200]}{'…' if len(error) > 200 else ''}"
     f = cell["figures"]
     return (
         f"✓ {f['savedmodel_vs_pytorch_max_abs']:.1e} abs, {f['savedmodel_vs_pytorch_max_rel']:.1e} rel, "

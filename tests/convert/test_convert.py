@@ -205,6 +205,18 @@ def test_an_unconvertible_op_fails_naming_the_op(lane, tmp_path):
         check_supported(path, lane.name, backend)
 
 
+def test_an_op_version_the_converter_lacks_is_named(lane, tmp_path):
+    # Unsqueeze took its axes as an input from opset 13 (Swin-T and ConvNeXt export it): onnx-tf 1.10 handles
+    # versions 1 and 11 only, and would fail mid-conversion on it; onnx2tf takes it.
+    path = tmp_path / "unsqueeze.onnx"
+    onnx.save(_tiny_model("Unsqueeze", opset=13), str(path))
+    if lane.converter == "onnx-tf":
+        with pytest.raises(ConversionError, match=r"has no conversion for op Unsqueeze v13 at opset 13"):
+            check_supported(path, lane.name, load_backend(lane.converter))
+    else:
+        assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Unsqueeze"
+
+
 def test_a_custom_domain_op_fails_naming_it(lane, tmp_path):
     path = tmp_path / "custom.onnx"
     onnx.save(_tiny_model("Frobnicate", domain="com.example", opset=lane.opset), str(path))

@@ -24,6 +24,27 @@ def test_the_error_line_is_the_tools_error_or_the_tracebacks_exception():
     assert error_line("") == "no output"
 
 
+def test_a_converters_traceback_in_one_message_is_cut_to_its_last_line():
+    raw = (
+        "onnx-tf 1.10.0 failed on /tmp/m.onnx: BackendIsNotSupposedToImplementIt('in user code:\\n\\n    File "
+        '"handler.py", line 61, in handle  *\\n        raise X\\n\\n    BackendIsNotSupposedToImplementIt: '
+        "Unsqueeze version 13 is not implemented.\\n')"
+    )
+    assert model_matrix.headline(raw) == (
+        "onnx-tf 1.10.0 failed on /tmp/m.onnx: "
+        "BackendIsNotSupposedToImplementIt: Unsqueeze version 13 is not implemented."
+    )
+    onnx2tf = (
+        "onnx2tf 1.29.24 failed on /tmp/pt2tf-models-x/export-dynamo-18/model.onnx (ValueError('Exception encountered "
+        'when calling layer "tf.range" (type TFOpLambda).\\n\\nShape must be rank 0 but is rank 1\\n\\t for '
+        "\\'limit\\'\\n\\nCall arguments received:\\n  • name=\\'node_Range_212\\''))"
+    )
+    assert model_matrix.headline(onnx2tf) == (
+        "onnx2tf 1.29.24 failed on model.onnx: Shape must be rank 0 but is rank 1 (ONNX node Range_212)"
+    )
+    assert model_matrix.headline("plain message") == "plain message"
+
+
 def test_a_stage_that_fails_for_real_is_named_with_its_error(tmp_path):
     # The tools env has no numpy or torch: the real export command fails as an export stage would.
     lane = LaneSpec("onnx2tf", "dynamo", 18, "onnx2tf", sys.executable, sys.executable)
