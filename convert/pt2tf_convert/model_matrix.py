@@ -76,7 +76,7 @@ def headline(error: str) -> str:
     prefix = re.split(r" \(|: ", parts[0], maxsplit=1)[0]
     telling = next((part for part in parts[1:] if any(word in part.lower() for word in _TELLING)), parts[-1])
     node = _NODE.search(error)
-    return f"{prefix}: {telling}" + (f" (ONNX node {node.group(1)})" if node else "")
+    return f"{prefix}: {telling}".replace("\\'", "'") + (f" (ONNX node {node.group(1)})" if node else "")
 
 
 def _run(python: str, args: list[str], env: dict[str, str]) -> tuple[bool, float, str]:
