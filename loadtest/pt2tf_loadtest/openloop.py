@@ -15,6 +15,7 @@ this module's.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import threading
@@ -27,24 +28,35 @@ _sending = threading.local()
 
 
 class Arrivals:
-    """A shared schedule of due times at `rate` per second; users take the next one in turn."""
+    """A shared schedule of due times at `rate` per second; users take the next one in turn.
+
+    The schedule is drawn ahead of the users when asked how many requests fell due in a window
+    (`due_between`), so the offered load of a window is what the schedule asked for, whether or not
+    the users kept up: with Poisson arrivals a 4 s window at 20/s holds 80 ± 9, and achieved ÷
+    offered is measured against that count, not against the nominal rate."""
 
     def __init__(self, rate: float, poisson: bool = False, seed: int = 0):
         if rate <= 0:
             raise ValueError(f"an arrival rate must be positive, not {rate}")
         self.rate, self.poisson = rate, poisson
         self._random = random.Random(seed)
-        self._next = time.monotonic()
+        self._due = [time.monotonic()]  # every due time drawn so far, in order
+        self._taken = 0  # how many of them users have taken
         self.lags: list[float] = []  # seconds each request went out after it was due, while recording
         self.recording = False
 
     def _gap(self) -> float:
         return self._random.expovariate(self.rate) if self.poisson else 1.0 / self.rate
 
+    def _draw_through(self, index: int = -1, until: float = -math.inf) -> None:
+        while len(self._due) <= index or self._due[-1] < until:
+            self._due.append(self._due[-1] + self._gap())
+
     def wait(self) -> float:
         """Sleep until this user's next due time; returns how late it is (seconds), to add to its latency."""
-        due = self._next
-        self._next += self._gap()
+        self._draw_through(index=self._taken)
+        due = self._due[self._taken]
+        self._taken += 1
         delay = due - time.monotonic()
         if delay > 0:
             gevent.sleep(delay)
@@ -53,6 +65,11 @@ class Arrivals:
             self.lags.append(lag)
         _sending.lag = lag
         return lag
+
+    def due_between(self, start: float, end: float) -> int:
+        """How many requests the schedule made due in [start, end) (time.monotonic() seconds)."""
+        self._draw_through(until=end)
+        return bisect.bisect_left(self._due, end) - bisect.bisect_left(self._due, start)
 
 
 def sending_lag() -> float:

@@ -33,15 +33,20 @@ def verdict_text(verdicts) -> str:
     return "\n".join(lines)
 
 
-def _plots(steps, capacity=None, open_steps=()) -> bytes:
-    scenarios = list(dict.fromkeys(s.scenario for s in [*steps, *open_steps]))
-    columns = 4 if open_steps else 3
+def _plots(steps, capacity=None, open_steps=(), searches=()) -> bytes:
+    scenarios = list(dict.fromkeys([*(s.scenario for s in [*steps, *open_steps]), *(s.scenario for s in searches)]))
+    columns = 4 if open_steps or searches else 3
     figure, axes = plt.subplots(len(scenarios), columns, figsize=(5 * columns, 4 * len(scenarios)), squeeze=False)
     for row, scenario in enumerate(scenarios):
         mine = [s for s in steps if s.scenario == scenario]
         throughput, latency, batches = axes[row][:3]
-        if open_steps:
-            _open_plot(axes[row][3], scenario, [s for s in open_steps if s.scenario == scenario], capacity)
+        if open_steps or searches:
+            _open_plot(axes[row][3], scenario, [s for s in open_steps if s.scenario == scenario], capacity,
+                       [s for s in searches if s.scenario == scenario])  # fmt: skip
+        if not mine:
+            for ax in (throughput, latency, batches):
+                ax.set_axis_off()
+            continue
         for setting in dict.fromkeys(s.batching for s in mine):
             series = sorted((s for s in mine if s.batching == setting), key=lambda s: s.concurrency)
             xs = [s.concurrency for s in series]
@@ -85,20 +90,36 @@ def _plots(steps, capacity=None, open_steps=()) -> bytes:
     return buffer.getvalue()
 
 
-def _open_plot(ax, scenario: str, steps, capacity) -> None:
-    """p50 and p99 against the achieved rate, per batching setting: the latency–throughput curve."""
-    for setting in dict.fromkeys(s.batching for s in steps):
-        series = sorted((s for s in steps if s.batching == setting), key=lambda s: s.offered_rate)
+def _open_plot(ax, scenario: str, steps, capacity, searches=()) -> None:
+    """p50 and p99 against the achieved rate, per batching setting: the latency–throughput curve, with the
+    knee and the capacity at the p99 objective of each search marked."""
+    curves = {}
+    for step in steps:
+        curves.setdefault(step.batching, []).append(step)
+    for found in searches:
+        curves.setdefault(found.batching, []).extend(p.step for p in found.probes)
+    for setting, series in curves.items():
+        series = sorted(series, key=lambda s: s.offered_rate)
         xs = [s.images_per_second for s in series]
-        ax.plot(xs, [s.p50_ms for s in series], marker="o", label=f"p50, batching {setting}")
-        ax.plot(xs, [s.p99_ms for s in series], marker="s", linestyle="--", label=f"p99, batching {setting}")
+        (p50,) = ax.plot(xs, [s.p50_ms for s in series], marker="o", label=f"p50, batching {setting}")
+        ax.plot(xs, [s.p99_ms for s in series], marker="s", linestyle="--", color=p50.get_color(),
+                label=f"p99, batching {setting}")  # fmt: skip
+        found = next((f for f in searches if f.batching == setting), None)
+        if found is not None and found.capacity is not None:
+            ax.axvline(found.capacity, color=p50.get_color(), linewidth=2, alpha=0.5,
+                       label=f"capacity at p99 ≤ {found.bound_ms:.0f} ms, batching {setting}")  # fmt: skip
+        if found is not None and found.knee is not None:
+            ax.axvline(found.knee, color=p50.get_color(), linestyle="-.", alpha=0.7, label=f"knee, batching {setting}")
+    bounds = {f.bound_ms for f in searches}
+    for bound in bounds:
+        ax.axhline(bound, color="red", linestyle=":", label=f"p99 objective {bound:.0f} ms")
     if capacity is not None:
         ax.axvline(capacity.of(scenario_signature(scenario)).best, color="grey", linestyle=":",
                    label="in-process best")  # fmt: skip
     ax.set(title=f"{scenario}: open loop", xlabel="achieved images/s", ylabel="ms")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -176,6 +197,43 @@ def _open_section(steps) -> list[str]:
     ]
 
 
+SEARCH_HEADERS = ["scenario", "batching", "p99 objective", "capacity at the objective", "knee (achieved img/s)",
+                  "rates probed"]  # fmt: skip
+PROBE_HEADERS = ["scenario", "batching", "offered req/s", "answered ÷ due", "achieved img/s", "p50 ms", "p99 ms",
+                 "max ms", "send lag p99 ms", "windows", "server ms: queued / model / request path",
+                 "server batches (rows: count)", "verdict"]  # fmt: skip
+
+
+def _search_section(searches, rule) -> list[str]:
+    if not searches:
+        return ["Not run: give `--search` (needs the SLO file's rate objectives).", ""]
+    summary = [[f.scenario, f.batching, f"≤ {f.bound_ms:.0f} ms", f.describe(),
+                "–" if f.knee is None else f"{f.knee:.1f}", len(f.probes)] for f in searches]  # fmt: skip
+    probes = []
+    for f in searches:
+        for p in sorted(f.probes, key=lambda p: p.rate):
+            s = p.step
+            probes.append([f.scenario, f.batching, f"{p.rate:.1f}", f"{s.achieved_share:.1%}",
+                           f"{s.images_per_second:.1f}", f"{s.p50_ms:.0f}", f"{s.p99_ms:.0f}", f"{s.max_ms:.0f}",
+                           f"{s.lag_p99_ms:.0f}", f"{len(p.windows)}{'' if p.stable else ' (never agreed)'}",
+                           _server_ms(s), ", ".join(f"{k}: {v}" for k, v in s.batches.items()) or "–",
+                           "pass" if p.ok else "; ".join(p.misses)])  # fmt: skip
+    return [
+        "Per scenario and batching setting, the highest arrival rate whose p99 stays within the objective with every "
+        "due request answered (≥ 99%) and no failures: a sweep in fractions of the in-process best, then bisection "
+        f"between the last rate that passed and the first that failed. Each rate runs in windows until {rule.windows} "
+        f"consecutive ones agree (answered ÷ due and the median latency within {rule.spread:.0%}; a rate that never "
+        f"settles in {rule.max_windows} does not pass); its figures are those windows merged. The knee: "
+        "the highest achieved rate before p99 passes twice its value at the lowest rate. The server's own histograms "
+        "say where a request's time went: queued for a batch, in the model, in the request path.",
+        "",
+        _table(SEARCH_HEADERS, summary),
+        "",
+        _table(PROBE_HEADERS, probes),
+        "",
+    ]
+
+
 def _capacity_section(capacity) -> list[str]:
     if capacity is None:
         return ["Not measured: the objectives are absolute (no in-process yardstick).", ""]
@@ -211,12 +269,12 @@ def capacity_rows(steps, slo_file, capacity=None) -> list[list]:
     return rows
 
 
-def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=None) -> list[Path]:
+def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=None, searches=()) -> list[Path]:
     """Write summary.md, report.html, steps.csv and results.json into `out`; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     open_steps = [s for s in steps if s.offered_rate is not None]
     steps = [s for s in steps if s.offered_rate is None]
-    png = _plots(steps, capacity, open_steps) if steps or open_steps else b""
+    png = _plots(steps, capacity, open_steps, searches) if steps or open_steps or searches else b""
     machine_rows = [[k, v] for k, v in machine.items()]
     verdict_rows = [[v.scenario, v.objective, v.wanted, v.measured, "met" if v.ok else "**missed**"] for v in verdicts]
     parts = [
@@ -239,7 +297,10 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=
         "",
         _table(["where", "objective", "wanted", "measured", ""], verdict_rows),
         "",
-        "## Capacity within the p99 objective",
+        "## Capacity at the p99 objective, open loop",
+        "",
+        *_search_section(searches, args.rule),
+        "## Capacity within the p99 objective, closed loop",
         "",
         _table(
             ["scenario", "batching", "p99 objective", "highest throughput within it"],
@@ -280,17 +341,19 @@ def write(out: Path, machine: dict, steps, comparison, verdicts, args, capacity=
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow([*COLUMNS, "batches"])
-    for s in [*steps, *open_steps, *comparison]:
-        row = asdict(s)
+    probed = [p.step for f in searches for p in f.probes]
+    for s in [*steps, *open_steps, *probed, *comparison]:
+        row = s.to_json()
         writer.writerow([*(row[c] for c in COLUMNS), json.dumps(s.batches)])
     _atomic(paths[2], buffer.getvalue().encode())
     results = {
         "machine": machine,
-        "steps": [asdict(s) for s in steps],
-        "open_loop": [asdict(s) for s in open_steps],
-        "comparison": [asdict(s) for s in comparison],
+        "steps": [s.to_json() for s in steps],
+        "open_loop": [s.to_json() for s in open_steps],
+        "comparison": [s.to_json() for s in comparison],
         "verdicts": [asdict(v) for v in verdicts],
         "capacity": capacity.to_json() if capacity is not None else None,
+        "searches": [f.to_json() for f in searches],
     }
     _atomic(paths[3], (json.dumps(results, indent=1) + "\n").encode())
     return paths

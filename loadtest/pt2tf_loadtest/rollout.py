@@ -222,7 +222,7 @@ def _load(args, rest_url: str, seconds: float, label: str | None, split: float |
     finally:
         TARGET.label, TARGET.split = None, None
     step.label = f"split {split:.0%} canary" if split is not None else label or ""
-    record.steps.append(asdict(step))
+    record.steps.append(step.to_json())
     print(f"  load {step.label:<18} offered {args.rate:.1f}/s: {step.images_per_second:.1f} img/s, "
           f"p99 {step.p99_ms:.0f} ms, failures {step.failures}/{step.requests}", flush=True)  # fmt: skip
     return step

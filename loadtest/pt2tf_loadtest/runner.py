@@ -18,6 +18,7 @@ from the server's Prometheus page, the batches it ran: the proof that batching h
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import re
@@ -25,7 +26,8 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gevent
@@ -36,7 +38,7 @@ from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, REQUEST_COUNT, fetch_page
 from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags
 
 from . import capacity as capacity_mod
-from . import report, slo
+from . import report, search, slo
 from .inputs import load_inputs
 from .openloop import Arrivals, percentile_ms
 from .users import TARGET, USERS
@@ -45,6 +47,11 @@ PROFILES = {  # concurrency sweep, warm-up and measured seconds per step
     "smoke": ([1, 4], 1.0, 3.0),
     "default": ([1, 4, 8, 16, 32], 5.0, 15.0),
     "full": ([1, 2, 4, 8, 16, 24, 32, 48, 64], 10.0, 60.0),
+}
+SEARCH = {  # --search per profile: warm-up and window seconds per probed rate, bisections after the sweep
+    "smoke": (1.0, 2.0, 1),
+    "default": (2.0, 4.0, 2),
+    "full": (5.0, 10.0, 4),
 }
 SATURATED = 0.9  # Locust warns when its process passes 90% CPU
 
@@ -74,6 +81,23 @@ class Step:
     lag_p99_ms: float = 0.0  # open loop: how late the generator sent its requests (p99), counted in latency
     server: dict[str, float] = field(default_factory=dict)  # mean ms per request: queued, in the model, request path
     by_name: dict[str, dict] = field(default_factory=dict)  # Locust's entries: "Predict serving_default @canary" → …
+    scheduled: int | None = None  # open loop: requests the schedule made due while measured
+    # Locust's histogram of the step (ms, rounded as Locust rounds → requests): windows merge exactly with it.
+    # Not written to the reports.
+    response_times: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict:
+        """The step as the reports keep it (without the raw histogram)."""
+        row = asdict(self)
+        del row["response_times"]
+        return row
+
+    @property
+    def achieved_share(self) -> float | None:
+        """Open loop: answers ÷ requests due while measured (1.0: the deployment kept up with the schedule)."""
+        if self.scheduled is None:
+            return None
+        return (self.requests - self.failures) / max(1, self.scheduled)
 
     @property
     def failure_ratio(self) -> float:
@@ -183,22 +207,46 @@ def _measure(environment, runner, scenario, concurrency, warmup, seconds, rest_u
     """run_step's body; the runner stops (run_step's finally) once everything here is read."""
     runner.start(concurrency, spawn_rate=concurrency)
     gevent.sleep(warmup)
+    return _window(environment, scenario, concurrency, seconds, rest_url, batching, arrivals)
+
+
+def run_windows(scenario: str, pool: int, warmup: float, seconds: float, rest_url: str, batching: str,
+                arrivals: Arrivals) -> Iterator[Step]:  # fmt: skip
+    """Open-loop load at `arrivals`' rate that runs on while the caller asks for more: after the warm-up,
+    each item is one more window of `seconds`, back to back. Closing the generator stops the users."""
+    environment = Environment(user_classes=[USERS[scenario]], host=rest_url, catch_exceptions=True)
+    runner = environment.create_local_runner()
+    TARGET.arrivals = arrivals
+    try:
+        runner.start(pool, spawn_rate=pool)
+        gevent.sleep(warmup)
+        while True:
+            yield _window(environment, scenario, pool, seconds, rest_url, batching, arrivals)
+    finally:
+        runner.quit()
+        TARGET.arrivals = None
+
+
+def _window(environment, scenario, concurrency, seconds, rest_url, batching, arrivals) -> Step:
+    """Measure `seconds` of the running users, from a scrape of the server's metrics to another."""
     before = scrape(rest_url)
     process = psutil.Process()
-    # The window opens here, after the scrape: what finished while it ran is warm-up.
+    # The window opens here, after the scrape: what finished before it is warm-up (or the last window).
     environment.stats.reset_all()
     if arrivals is not None:
         arrivals.lags.clear()
         arrivals.recording = True
     cpu_before, started = process.cpu_times(), time.monotonic()
     gevent.sleep(seconds)
-    cpu_after, elapsed = process.cpu_times(), time.monotonic() - started
+    cpu_after, ended = process.cpu_times(), time.monotonic()
+    elapsed = ended - started
     # Read everything now: users still finish requests while they stop, and those are not this step's.
     total = environment.stats.total
     requests, failures = total.num_requests, total.num_failures
     percentiles = {p: float(total.get_response_time_percentile(p) or 0) for p in (0.50, 0.90, 0.95, 0.99)}
     examples = [f"{error.name}: {error.error}" for error in list(environment.stats.errors.values())[:3]]
     max_ms = total.max_response_time or 0.0
+    histogram = dict(total.response_times)
     by_name = {
         entry.name: {"requests": entry.num_requests, "failures": entry.num_failures,
                      "p50_ms": float(entry.get_response_time_percentile(0.50) or 0),
@@ -232,6 +280,8 @@ def _measure(environment, runner, scenario, concurrency, warmup, seconds, rest_u
         lag_p99_ms=percentile_ms(lags, 0.99),
         server=time_breakdown(before[2], after[2]) if before and after else {},
         by_name=by_name,
+        scheduled=arrivals.due_between(started, ended) if arrivals is not None else None,
+        response_times=histogram,
     )
 
 
@@ -345,6 +395,53 @@ def offered_rates(args, scenario: str) -> list[float]:
     return []
 
 
+def search_rates(args, rest_url: str, grpc_target: str, batching: str) -> list[search.Search]:
+    """For each scenario with open-loop objectives: the capacity at its p99 objective (search.py), probing the
+    production rate on the way."""
+    TARGET.grpc = grpc_target
+    found = []
+    for scenario in args.scenarios:
+        wanted = slo.rate_objective(args.slo_file, scenario, args.capacity_measured)
+        if wanted is None:
+            continue
+        own = args.capacity_measured
+        base = own.of(capacity_mod.scenario_signature(scenario)).best if own is not None else 2 * wanted.rate
+        result = search.Search(scenario, batching, wanted.bound_ms, base)
+        print(f"  {scenario:<12} batching {batching:<3} searching the highest rate with p99 ≤ {wanted.bound_ms:.0f} ms "
+              f"(production rate {wanted.rate:.1f} req/s; sweep in fractions of {base:.1f})", flush=True)  # fmt: skip
+
+        measure = functools.partial(_probe_rate, args, scenario, rest_url, batching, wanted, len(found))
+        search.find_capacity(result, measure, args.search_fractions, args.bisections, also=[wanted.rate],
+                             say=_say_probe)  # fmt: skip
+        knee = f"{result.knee:.1f} img/s" if result.knee is not None else "–"
+        print(f"  {scenario:<12} batching {batching:<3} capacity at the objective: {result.describe()}; "
+              f"knee {knee}", flush=True)  # fmt: skip
+        found.append(result)
+    return found
+
+
+def _probe_rate(args, scenario: str, rest_url: str, batching: str, wanted: slo.RateObjective, seed: int,
+                rate: float) -> search.Probe:  # fmt: skip
+    """One rate of a search: open-loop windows at `rate` until they agree (search.probe)."""
+    arrivals = Arrivals(rate, poisson=args.arrivals == "poisson", seed=seed)
+    seconds = max(args.window, args.rule.min_requests / rate)
+    windows = run_windows(scenario, args.pool, args.search_warmup, seconds, rest_url, batching, arrivals)
+    return search.probe(rate, windows, args.rule, wanted.bound_ms, wanted.objective.max_failure_ratio)
+
+
+def _say_probe(probe: search.Probe) -> None:
+    step = probe.step
+    server = step.server
+    breakdown = (f"  server ms: queued {server['queued_ms']:.0f}, model {server['model_ms']:.0f}, request path "
+                 f"{server['request_path_ms']:.0f}" if server else "")  # fmt: skip
+    verdict = "pass" if probe.ok else "miss: " + "; ".join(probe.misses)
+    print(
+        f"    offered {probe.rate:6.1f}/s  answered {step.achieved_share:6.1%} of due  p50 {step.p50_ms:5.0f}  "
+        f"p99 {step.p99_ms:5.0f} ms  {len(probe.windows)} windows{breakdown}  {verdict}",
+        flush=True,
+    )
+
+
 def compare(args, rest_url: str, grpc_target: str, rounds: int) -> list[Step]:
     """Current vs candidate, interleaved (A B A B …) so machine noise hits both alike."""
     TARGET.grpc = grpc_target
@@ -402,6 +499,26 @@ def main(argv: list[str] | None = None) -> int:
                            help="spacing of the arrivals (default: poisson)")  # fmt: skip
     open_loop.add_argument("--pool", type=int, default=64,
                            help="users serving the arrivals: at most this many requests in flight")  # fmt: skip
+    searching = parser.add_argument_group("capacity at the objective (open loop)")
+    searching.add_argument("--search", action="store_true",
+                           help="per scenario with rate objectives in the SLO file (rate…, rate_p99…): the highest "
+                           "arrival rate whose p99 meets them, batching off and on, and the gate at the production "
+                           "rate")  # fmt: skip
+    searching.add_argument(
+        "--search-fractions",
+        default="0.25,0.5,0.75,1,1.25",
+        help="the sweep's rates, in fractions of the in-process best img/s (default: %(default)s)",
+    )
+    searching.add_argument("--bisections", type=int, help="probes between the last rate that passed and the first "
+                           "that failed (default: per profile)")  # fmt: skip
+    searching.add_argument("--window", type=float, help="seconds per measured window of a probe (default: per "
+                           "profile)")  # fmt: skip
+    searching.add_argument("--windows", type=int, default=3, help="consecutive windows that must agree "
+                           "(default: %(default)s)")  # fmt: skip
+    searching.add_argument("--max-windows", type=int, default=6, help="a probe whose windows have not agreed after "
+                           "this many does not pass (default: %(default)s)")  # fmt: skip
+    searching.add_argument("--spread", type=float, default=0.10, help="agreeing windows: answered ÷ due and median "
+                           "latency within this share (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
 
     concurrency, warmup, seconds = PROFILES[args.profile]
@@ -434,6 +551,21 @@ def main(argv: list[str] | None = None) -> int:
         args.slo_file = slo.load(args.slo, args.scenarios)
     except slo.SloError as exc:
         parser.error(str(exc))
+    args.search_warmup, window, bisections = SEARCH[args.profile]
+    args.window = window if args.window is None else args.window
+    args.bisections = bisections if args.bisections is None else args.bisections
+    try:
+        args.search_fractions = [float(f) for f in args.search_fractions.split(",") if f.strip()]
+        args.rule = search.Rule(args.windows, args.max_windows, args.spread)
+    except ValueError as exc:
+        parser.error(f"--search-fractions, --windows, --max-windows, --spread: {exc}")
+    if args.search:
+        if not args.search_fractions or min(args.search_fractions) <= 0 or args.window <= 0 or args.bisections < 0:
+            parser.error("--search-fractions and --window must be positive, --bisections not negative")
+        if not any(args.slo_file.objective(s).open_loop for s in args.scenarios):
+            parser.error(f"--search needs open-loop objectives in {args.slo} (rate or rate_share_of_capacity, "
+                         "and rate_p99_ms or rate_max_p99_over_batch_1) for one of "
+                         f"{', '.join(args.scenarios)}")  # fmt: skip
     needs_capacity = args.slo_file.relative or bool(args.rate_fractions)
     if needs_capacity and not args.capacity and not (args.models and args.serve_python):
         parser.error(
@@ -482,8 +614,11 @@ def main(argv: list[str] | None = None) -> int:
 
     steps: list[Step] = []
     comparison: list[Step] = []
+    searches: list[search.Search] = []
     if external:
         steps += sweep(args, args.rest.rstrip("/"), args.grpc, "as configured")
+        if args.search:
+            searches += search_rates(args, args.rest.rstrip("/"), args.grpc, "as configured")
         if args.current:
             comparison = compare(args, args.rest.rstrip("/"), args.grpc, args.rounds)
     else:
@@ -491,13 +626,17 @@ def main(argv: list[str] | None = None) -> int:
             with ManagedServer(args.serve_python, args.models, setting == "on", None, args.server_flags) as server:
                 print(f"embedded server, batching {setting}: REST {server.rest_url}, gRPC {server.grpc_target}")
                 steps += sweep(args, server.rest_url, server.grpc_target, setting)
+                if args.search:
+                    searches += search_rates(args, server.rest_url, server.grpc_target, setting)
         if args.current:
             specific = [int(v) for v in (args.current, args.candidate) if v.isdigit()]
             with ManagedServer(args.serve_python, args.models, True, specific or None, args.server_flags) as server:
                 comparison = compare(args, server.rest_url, server.grpc_target, args.rounds)
 
     verdicts = slo.gate(args.slo_file, steps, comparison, capacity)
-    paths = report.write(args.out, machine, steps, comparison, verdicts, args, capacity)
+    if args.search:
+        verdicts += slo.gate_rates(args.slo_file, searches, capacity)
+    paths = report.write(args.out, machine, steps, comparison, verdicts, args, capacity, searches)
     print(report.verdict_text(verdicts))
     for path in paths:
         print(f"  {path}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .capacity import Capacity, SignatureCapacity, scenario_signature
+from .search import MIN_ACHIEVED
 
 
 class SloError(ValueError):
@@ -27,10 +28,37 @@ class Objective:
     min_images_per_second: float | None = None
     max_p99_over_expected: float | None = None  # p99 ≤ this × the in-process latency at `concurrency` users
     min_share_of_capacity: float | None = None  # img/s ≥ this × the in-process img/s at `concurrency` users
+    # Open loop (pt2tf-loadtest --search): the production arrival rate and the p99 wanted at it.
+    rate: float | None = None  # requests/s
+    rate_share_of_capacity: float | None = None  # requests/s = this × the in-process best img/s
+    rate_p99_ms: float | None = None
+    rate_max_p99_over_batch_1: float | None = None  # p99 ≤ this × the in-process latency of one image
+    min_headroom: float | None = None  # capacity at the p99 objective ÷ the production rate
+
+    @property
+    def open_loop(self) -> bool:
+        return self.rate is not None or self.rate_share_of_capacity is not None
 
     @property
     def relative(self) -> bool:
-        return self.max_p99_over_expected is not None or self.min_share_of_capacity is not None
+        return any(
+            value is not None
+            for value in (self.max_p99_over_expected, self.min_share_of_capacity, self.rate_share_of_capacity,
+                          self.rate_max_p99_over_batch_1)
+        )  # fmt: skip
+
+    def production_rate(self, capacity: SignatureCapacity | None) -> float:
+        """The arrival rate the open-loop objectives apply at, requests/s."""
+        if self.rate is not None:
+            return self.rate
+        return self.rate_share_of_capacity * capacity.best
+
+    def rate_p99_bound_ms(self, capacity: SignatureCapacity | None) -> float:
+        """The tighter of the absolute and the relative p99 bound at the production rate."""
+        bounds = [] if self.rate_p99_ms is None else [self.rate_p99_ms]
+        if self.rate_max_p99_over_batch_1 is not None and capacity is not None:
+            bounds.append(self.rate_max_p99_over_batch_1 * capacity.batch_1_ms)
+        return min(bounds)
 
     def p99_bound_ms(self, capacity: SignatureCapacity | None) -> float:
         """The tighter of the absolute and the relative p99 bound."""
@@ -66,7 +94,9 @@ class Verdict:
 REQUIRED = ("concurrency", "max_failure_ratio", "min_batching_gain", "tolerance")
 LATENCY = ("p99_ms", "max_p99_over_expected")
 THROUGHPUT = ("min_images_per_second", "min_share_of_capacity")
-FIELDS = (*REQUIRED, "tail_tolerance", *LATENCY, *THROUGHPUT)
+RATE = ("rate", "rate_share_of_capacity")
+RATE_LATENCY = ("rate_p99_ms", "rate_max_p99_over_batch_1")
+FIELDS = (*REQUIRED, "tail_tolerance", *LATENCY, *THROUGHPUT, *RATE, *RATE_LATENCY, "min_headroom")
 
 
 def load(path: Path, scenarios: list[str]) -> SloFile:
@@ -87,8 +117,12 @@ def load(path: Path, scenarios: list[str]) -> SloFile:
         table = {**defaults, **doc.get(scenario, {})}
         missing = [f for f in REQUIRED if f not in table]
         missing += [" or ".join(group) for group in (LATENCY, THROUGHPUT) if not any(f in table for f in group)]
+        if any(f in table for f in (*RATE, *RATE_LATENCY, "min_headroom")):  # open-loop objectives: all or none
+            missing += [" or ".join(group) for group in (RATE, RATE_LATENCY) if not any(f in table for f in group)]
         if missing:
             raise SloError(f"{path}: [{scenario}] lacks {', '.join(missing)} (and [defaults] does not give them)")
+        if all(f in table for f in RATE):
+            raise SloError(f"{path}: [{scenario}] gives both rate and rate_share_of_capacity: keep one")
         try:
             values = {f: int(table[f]) if f == "concurrency" else float(table[f]) for f in FIELDS if f in table}
         except (TypeError, ValueError) as exc:
@@ -104,6 +138,64 @@ def _at(steps, scenario: str, batching: str, concurrency: int):
          and getattr(s, "offered_rate", None) is None),
         None,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RateObjective:
+    """An open-loop objective resolved on this machine: the production rate and the p99 bound."""
+
+    rate: float
+    bound_ms: float
+    objective: Objective
+
+
+def rate_objective(slo: SloFile, scenario: str, capacity: Capacity | None) -> RateObjective | None:
+    """The production rate and p99 bound of `scenario` (None: its table states no open-loop objective)."""
+    objective = slo.objective(scenario)
+    if not objective.open_loop:
+        return None
+    if objective.relative and capacity is None:
+        raise SloError(f"{slo.path} states [{scenario}]'s rate objectives relative to the in-process capacity, "
+                       "which was not measured")  # fmt: skip
+    own = capacity.of(scenario_signature(scenario)) if capacity is not None else None
+    return RateObjective(objective.production_rate(own), objective.rate_p99_bound_ms(own), objective)
+
+
+def gate_rates(slo: SloFile, searches: list, capacity: Capacity | None) -> list[Verdict]:
+    """The open-loop objectives, judged on the searches (pt2tf_loadtest.search) with batching on, or as served:
+    at the production rate, p99 within bound, every due request answered, no failures; and the capacity at
+    the objective at least `min_headroom` × the production rate."""
+    verdicts = []
+    for scenario in slo.objectives:
+        wanted = rate_objective(slo, scenario, capacity)
+        if wanted is None:
+            continue
+        search = next((s for s in searches if s.scenario == scenario and s.batching in ("on", "as configured")),
+                      None)  # fmt: skip
+        where = f"{scenario} @ {wanted.rate:.1f} req/s"
+        at = search.probe_at(wanted.rate) if search is not None else None
+        if at is None:
+            verdicts.append(Verdict(where, "open-loop search with batching on", "run", "not run", False))
+            continue
+        step, objective = at.step, wanted.objective
+        verdicts += [
+            Verdict(where, "p99 at the production rate", f"≤ {wanted.bound_ms:.0f} ms", f"{step.p99_ms:.0f} ms",
+                    step.p99_ms <= wanted.bound_ms),
+            Verdict(where, "answered ÷ requests due", f"≥ {MIN_ACHIEVED:.0%}", f"{step.achieved_share:.1%}",
+                    step.achieved_share >= MIN_ACHIEVED),
+            Verdict(where, "failure ratio", f"≤ {objective.max_failure_ratio:.2%}", f"{step.failure_ratio:.2%}",
+                    step.failure_ratio <= objective.max_failure_ratio),
+            Verdict(where, "steady (windows agree)", "yes", "yes" if at.stable else f"no, {len(at.windows)} windows",
+                    at.stable),
+        ]  # fmt: skip
+        if objective.min_headroom is not None:
+            found = search.capacity or 0.0
+            verdicts.append(Verdict(
+                where, "capacity at the p99 objective ÷ production rate", f"≥ {objective.min_headroom:g}×",
+                f"{'≥ ' if search.beyond else ''}{found:.1f} req/s = {found / wanted.rate:.2f}×",
+                found >= objective.min_headroom * wanted.rate,
+            ))  # fmt: skip
+    return verdicts
 
 
 def gate(slo: SloFile, steps: list, comparison: list, capacity: Capacity | None = None) -> list[Verdict]:
