@@ -31,7 +31,8 @@ help:
 	@echo "                MODELS='resnet50 swin_t' for some"
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
-	@echo "make loadtest   Locust sweep, SLO gate, reports/loadtest/; ARGS='--rest URL --grpc HOST:PORT' for another server"
+	@echo "make loadtest   Locust sweep, open-loop capacity search, SLO gate, reports/loadtest/;"
+	@echo "                ARGS='--rest URL --grpc HOST:PORT' for another server"
 	@echo "make rollout CANDIDATE=N  version N from canary to stable through TF Serving's labels, gated by load;"
 	@echo "                ARGS='--grpc H:P --rest URL --config models.config --stable M' for a running TF Serving"
 	@echo "make conformance LANE=x  the conformance suite; PT2TF_CONFORMANCE_REST/_GRPC/_MODELS for a running TF Serving"
@@ -54,8 +55,8 @@ all: tools
 	@$(NOX) -s verify
 	@echo "==> serve check: the embedded server answers REST and gRPC as in-process TensorFlow does"
 	@$(NOX) -s serve-check
-	@echo "==> loadtest: Locust over REST and gRPC, batching off then on, SLO gate (LOADTEST_PROFILE=$(LOADTEST_PROFILE))"
-	@$(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE)
+	@echo "==> loadtest: Locust over REST and gRPC, batching off then on, capacity at the p99 objective, SLO gate (LOADTEST_PROFILE=$(LOADTEST_PROFILE))"
+	@$(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) --search
 	@echo "==> done. Reports:"
 	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png reports/loadtest/* models/*/resnet18/* 2>/dev/null
 
@@ -102,7 +103,7 @@ serve: tools
 
 loadtest: tools
 	@echo "==> loadtest against the embedded server (or: make loadtest ARGS='--rest URL --grpc HOST:PORT')"
-	@PT2TF_LANE=$(LANE) $(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) $(ARGS)
+	@PT2TF_LANE=$(LANE) $(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) --search $(ARGS)
 
 rollout: tools
 	@if [ -z "$(CANDIDATE)" ]; then echo "give the version to roll out: make rollout CANDIDATE=N"; exit 2; fi

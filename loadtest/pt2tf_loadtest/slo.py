@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .capacity import Capacity, SignatureCapacity, scenario_signature
-from .search import MIN_ACHIEVED
+from .search import MIN_ACHIEVED, offered
 
 
 class SloError(ValueError):
@@ -158,7 +158,8 @@ def rate_objective(slo: SloFile, scenario: str, capacity: Capacity | None) -> Ra
         raise SloError(f"{slo.path} states [{scenario}]'s rate objectives relative to the in-process capacity, "
                        "which was not measured")  # fmt: skip
     own = capacity.of(scenario_signature(scenario)) if capacity is not None else None
-    return RateObjective(objective.production_rate(own), objective.rate_p99_bound_ms(own), objective)
+    # As the search offers it (to 0.01 req/s): the gate reads the probe of this very rate.
+    return RateObjective(offered(objective.production_rate(own)), objective.rate_p99_bound_ms(own), objective)
 
 
 def gate_rates(slo: SloFile, searches: list, capacity: Capacity | None) -> list[Verdict]:
@@ -192,7 +193,7 @@ def gate_rates(slo: SloFile, searches: list, capacity: Capacity | None) -> list[
             found = search.capacity or 0.0
             verdicts.append(Verdict(
                 where, "capacity at the p99 objective ÷ production rate", f"≥ {objective.min_headroom:g}×",
-                f"{'≥ ' if search.beyond else ''}{found:.1f} req/s = {found / wanted.rate:.2f}×",
+                f"{'≥ ' if search.beyond else ''}{found:.1f} req/s = {found / wanted.rate:.3f}×",
                 found >= objective.min_headroom * wanted.rate,
             ))  # fmt: skip
     return verdicts

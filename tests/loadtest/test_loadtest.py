@@ -179,6 +179,13 @@ def test_bad_slo_file_and_arguments_are_refused_with_a_clear_error(artifacts, tm
     with pytest.raises(SystemExit):
         run(["--artifacts", artifacts, "--out", tmp_path, "--rest", "http://127.0.0.1:1"])
     assert "give both --rest and --grpc" in capsys.readouterr().err
+    server = ["--artifacts", artifacts, "--out", tmp_path, "--rest", "http://127.0.0.1:1", "--grpc", "127.0.0.1:1"]
+    for bad, said in ((["--search-fractions", "0.5,-1"], "must be positive"),
+                      (["--windows", "7"], "need 1 ≤ windows (7) ≤ max_windows (6)"),
+                      (["--search-fractions", "half"], "--search-fractions")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            run([*server, "--slo", slo_file(tmp_path), "--search", *bad])
+        assert said in capsys.readouterr().err, bad
 
 
 def test_locust_command_line_in_distributed_mode_uses_the_same_users(artifacts, models, serve_python, tmp_path):
@@ -366,6 +373,47 @@ def test_open_loop_steps_send_at_a_rate_and_time_each_request_from_when_it_was_d
     assert step["images_per_second"] < 0.5 * step["offered_rate"], step
     # (Locust keeps response times to two significant digits: its p99 may fall a little below the exact lag.)
     assert step["lag_p99_ms"] > 100 and step["p99_ms"] >= 0.95 * step["lag_p99_ms"], step
+
+
+def test_the_search_finds_the_capacity_between_a_rate_that_passes_and_one_no_server_keeps_up_with(
+    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+):
+    # A quarter of the in-process best passes on any machine with a bound of 50 × one image's latency; three times
+    # the best cannot be answered as it falls due. One bisection between them, in short windows (smoke profile).
+    open_loop = (
+        LENIENT.replace("concurrency = 4", f"concurrency = {GATE_USERS}")
+        + "rate_share_of_capacity = 0.25\nrate_max_p99_over_batch_1 = 50\nmin_headroom = 1.0\n"
+    )
+    out = tmp_path / "report"
+    code = gate_run(artifacts, models, serve_python, capacity_file, out, "--batching", "on", "--slo",
+                    slo_file(tmp_path, open_loop), "--search", "--search-fractions", "0.25,3", "--profile", "smoke",
+                    "--bisections", 1, seconds=2.0)  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    found = results(out)
+    (searched,) = found["searches"]
+    best = runner.capacity_mod.load(capacity_file).of("serving_default").best
+    assert (searched["scenario"], searched["batching"]) == ("grpc-tensor", "on")
+    probes = {round(p["rate"] / best, 3): p for p in searched["probes"]}
+    assert len(probes) == 3, probes  # 0.25×, 3×, and the bisection's 1.625×
+    low, high = probes[0.25], probes[3.0]
+    assert low["ok"] and low["stable"] and low["step"]["failures"] == 0, low
+    assert not high["ok"] and any(m.startswith("answered") for m in high["misses"]), high
+    assert high["step"]["scheduled"] > high["step"]["requests"]  # due, not answered: counted against it
+    assert low["rate"] <= searched["capacity"] < high["rate"]
+    assert set(low["step"]["server"]) == {"queued_ms", "model_ms", "request_path_ms"}
+    gated = {v["objective"]: v["ok"] for v in found["verdicts"] if "req/s" in v["scenario"]}
+    assert gated == {
+        "p99 at the production rate": True,
+        "answered ÷ requests due": True,
+        "failure ratio": True,
+        "steady (windows agree)": True,
+        "capacity at the p99 objective ÷ production rate": True,
+    }
+    assert "capacity at the objective:" in printed
+    summary = (out / "summary.md").read_text()
+    assert "## Capacity at the p99 objective, open loop" in summary and "server ms: queued / model" in summary
+    assert "Not run: give `--search`" not in summary
 
 
 def _batching(folder: Path, **fields: int) -> Path:

@@ -203,7 +203,7 @@ def test_the_gate_on_rates_reads_the_production_rate_and_the_headroom(tmp_path):
 
     roomy = gated(edge=80.0)
     assert all(ok for _, ok in roomy.values()), roomy
-    assert roomy["capacity at the p99 objective ÷ production rate"] == ("75.0 req/s = 1.50×", True)
+    assert roomy["capacity at the p99 objective ÷ production rate"] == ("75.0 req/s = 1.500×", True)
     tight = gated(edge=55.0)  # the production rate passes, without the headroom
     assert tight["p99 at the production rate"][1] and not tight["capacity at the p99 objective ÷ production rate"][1]
     over = gated(edge=40.0)
