@@ -16,7 +16,7 @@ SERVER ?= auto
 # seeded (default: offline, labels are not ImageNet predictions), IMAGENET1K_V1 (torchvision's file from the
 # torch hub cache, downloaded and sha256-checked when absent and online), or a state_dict file
 WEIGHTS ?= seeded
-# default: 5 concurrency steps per protocol, batching off and on (~10 min); full: the long sweep; smoke: seconds
+# default: 5 concurrency steps per protocol, batching off and on, and the capacity search (~12 min on the AVX-512 EPYC); full: the long sweep; smoke: seconds
 LOADTEST_PROFILE ?= default
 # the model version `make rollout` takes from canary to stable
 CANDIDATE ?=

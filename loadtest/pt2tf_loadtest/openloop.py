@@ -44,6 +44,9 @@ class Arrivals:
         self._taken = 0  # how many of them users have taken
         self.lags: list[float] = []  # seconds each request went out after it was due, while recording
         self.recording = False
+        # Requests sent, and finished (answered or failed; `finish` is a listener of Locust's request event):
+        # their difference is what is in flight, which a window's close cuts through.
+        self.sent = self.finished = 0
 
     def _gap(self) -> float:
         return self._random.expovariate(self.rate) if self.poisson else 1.0 / self.rate
@@ -61,10 +64,18 @@ class Arrivals:
         if delay > 0:
             gevent.sleep(delay)
         lag = max(0.0, time.monotonic() - due)
+        self.sent += 1
         if self.recording:
             self.lags.append(lag)
         _sending.lag = lag
         return lag
+
+    def finish(self, **_) -> None:
+        self.finished += 1
+
+    @property
+    def in_flight(self) -> int:
+        return self.sent - self.finished
 
     def due_between(self, start: float, end: float) -> int:
         """How many requests the schedule made due in [start, end) (time.monotonic() seconds)."""
