@@ -51,6 +51,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, 
 from tensorflow_serving.config import model_server_config_pb2
 
 from . import capacity as capacity_mod
+from . import slo as slo_mod
 from .inputs import load_inputs
 from .openloop import Arrivals
 from .runner import ManagedServer, Step, measure_capacity, run_step
@@ -335,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("--serve-python", type=Path, help="the lane env's python (embedded server, capacity)")
     load = parser.add_argument_group("the load that gates it")
     load.add_argument("--rate", type=float, help="the production rate, requests/s")
-    load.add_argument("--rate-fraction", type=float, default=0.5,
-                      help="without --rate: this fraction of the in-process capacity (default 0.5)")  # fmt: skip
+    load.add_argument("--rate-fraction", type=float,
+                      help="without --rate: this fraction of the in-process capacity (default: the SLO file's "
+                      "production rate for the scenario)")  # fmt: skip
+    load.add_argument("--slo", type=Path, default=Path(__file__).resolve().parents[1] / "slo.toml",
+                      help="whose production rate (rate or rate_share_of_capacity) the gate runs at, when neither "
+                      "--rate nor --rate-fraction is given (default: %(default)s)")  # fmt: skip
     load.add_argument("--scenario", default="grpc-tensor", choices=sorted(USERS))
     load.add_argument("--canary-share", type=float, default=0.2, help="share of traffic to canary (default 0.2)")
     load.add_argument("--gate-seconds", type=float, default=8.0)
@@ -377,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         missing = [v for v in (args.stable, args.candidate) if v not in found]
         if missing and managed:
             parser.error(f"version {missing[0]} is not in {args.models / args.model} (it has {found})")
+        if args.rate is None and args.rate_fraction is None:
+            # The rate the load test's open-loop objectives name: a rollout is gated where the gate is judged.
+            objective = slo_mod.load(args.slo, [args.scenario]).objective(args.scenario)
+            if not objective.open_loop:
+                parser.error(f"{args.slo} states no production rate for {args.scenario}: give --rate or "
+                             "--rate-fraction")  # fmt: skip
+            args.rate, args.rate_fraction = objective.rate, objective.rate_share_of_capacity
         if args.rate is None:
             if not (args.models and args.serve_python):
                 parser.error("give --rate, or --models and --serve-python to measure the capacity it is a share of")
