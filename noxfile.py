@@ -21,7 +21,7 @@ for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only
 
 from pt2tf_convert.repository import versions  # noqa: E402
 from pt2tf_serve.cpu import cpu_info  # noqa: E402
-from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags  # noqa: E402
+from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags, server_env  # noqa: E402
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
 from pt2tf_toolchain.lock import drift, load_lock, staleness  # noqa: E402
 from pt2tf_toolchain.matrix import Lane, load_matrix  # noqa: E402
@@ -203,6 +203,8 @@ def _serve(session: nox.Session, lane: Lane) -> None:
     _require_model(session, lane)
     session.log(f"embedded server (pt2tf-serve) on lane {lane.name}, standing in for {lane.serving_image}")
     flags = embedded_flags(DOCKER_CONFIG, MODELS / lane.name, *session.posargs)  # docker/config/server.flags
+    file_env = server_env(flags, {})  # docker/config/server.env; a variable set in the shell wins
+    session.env.update({name: value for name, value in file_env.items() if name not in os.environ})
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *flags)
 
 

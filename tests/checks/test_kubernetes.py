@@ -10,6 +10,7 @@ import pytest
 import yaml
 from checkrun import ROOT, replace_once, run, tool
 from lane_consistency import OVERLAYS
+from pt2tf_serve.process import read_env_file
 from pt2tf_toolchain.matrix import load_matrix
 
 LANES = list(load_matrix().lanes)
@@ -81,6 +82,10 @@ def test_serving_and_load_generation_have_the_promised_shape(lane):
     config = next(d for (kind, name), d in docs.items() if kind == "ConfigMap" and name.startswith("tfserving-config"))
     on_disk = {p.name for p in (ROOT / "docker/config").iterdir() if p.name != "kustomization.yaml"}
     assert set(config["data"]) == on_disk, "the ConfigMap must carry every file of docker/config"
+    # server.env is also the server's environment, as compose's env_file and the embedded server read it.
+    env = next(d for (kind, name), d in docs.items() if kind == "ConfigMap" and name.startswith("tfserving-env"))
+    assert container["envFrom"] == [{"configMapRef": {"name": env["metadata"]["name"]}}]
+    assert env.get("data", {}) == read_env_file(ROOT / "docker/config/server.env")
     ports = {p["name"]: p["port"] for p in docs["Service", "tfserving"]["spec"]["ports"]}
     assert ports == {"grpc": 8500, "http": 8501}
     assert docs["HorizontalPodAutoscaler", "tfserving"]["spec"]["scaleTargetRef"]["name"] == "tfserving"

@@ -8,13 +8,15 @@ each recorded CPU kind, and to TensorFlow itself on the machine that runs them.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pt2tf_serve.client import GrpcClient
 from pt2tf_serve.cpu import CONTRACTION_ENV, ONEDNN_ENV, cpu_info, onednn_report, onednn_state
+from pt2tf_serve.process import DOCKER_CONFIG, ServerProcess, config_copy, embedded_flags, read_env_file, server_env
 
 RECORDED_CPUS = Path(__file__).resolve().parents[1] / "data" / "cpuinfo"
 PROC_CPUINFO = Path("/proc/cpuinfo")
@@ -90,7 +92,7 @@ def test_tensorflow_reads_the_override_at_import_as_the_mirror_says(value, monke
     monkeypatch.delenv("PT2TF_CPUINFO", raising=False)
     code = "from tensorflow.python.util import _pywrap_util_port as p; print(p.IsMklEnabled())"
     env = {ONEDNN_ENV: value, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], env=server_env([], env), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == str(onednn_state(cpu_info(PROC_CPUINFO), environ=env).enabled)
 
@@ -110,3 +112,46 @@ def test_a_rehearsed_cpu_kind_is_not_passed_off_as_tensorflows_state(monkeypatch
     assert (
         f"but TensorFlow here runs oneDNN {'on' if running else 'off'}" in line and str(RECORDED_CPUS / other) in line
     )
+
+
+def test_server_env_file_shell_wins_and_malformed_lines_are_named(tmp_path):
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "server.env").write_text(f"# a comment\n\n{ONEDNN_ENV}=1\n{CONTRACTION_ENV} = 0\n")
+    flags = [f"--volume={config}:/config", f"--volume={tmp_path}:/models"]
+    assert read_env_file(config / "server.env") == {ONEDNN_ENV: "1", CONTRACTION_ENV: "0"}
+    assert server_env(flags, {"PATH": "/bin"}) == {ONEDNN_ENV: "1", CONTRACTION_ENV: "0", "PATH": "/bin"}
+    assert server_env(flags, {ONEDNN_ENV: "0"})[ONEDNN_ENV] == "0"  # the shell's variable wins
+    assert server_env([f"--volume={tmp_path}:/models"], {"PATH": "/bin"}) == {"PATH": "/bin"}  # no /config
+    (config / "server.env").write_text("TF_ENABLE_ONEDNN_OPTS\n")
+    with pytest.raises(ValueError, match=r"server.env:1: 'TF_ENABLE_ONEDNN_OPTS' is not VARIABLE=value"):
+        server_env(flags, {})
+
+
+def test_the_repositorys_server_env_keeps_tensorflows_default():
+    # No per-CPU choice is written until a kind's measurement shows one (README "CPU kinds").
+    assert read_env_file(DOCKER_CONFIG / "server.env") == {}
+
+
+def test_the_server_logs_the_onednn_state_it_runs_with(served):
+    if served.server is None:
+        pytest.skip("an external server logs TensorFlow's own oneDNN notice")
+    state = onednn_state(cpu_info(PROC_CPUINFO), environ=served.server.env)
+    assert f"[pt2tf-serve] {cpu_info(PROC_CPUINFO).describe()}: {state.describe()}\n" in served.server.log()
+
+
+def test_server_env_chooses_the_kernels_of_the_embedded_server(repository, expected, tmp_path, monkeypatch):
+    # The other state than this CPU's default, and Eigen's own contractions, from the config folder alone.
+    monkeypatch.delenv(ONEDNN_ENV, raising=False)
+    monkeypatch.delenv(CONTRACTION_ENV, raising=False)
+    monkeypatch.delenv("PT2TF_CPUINFO", raising=False)
+    other = "0" if onednn_state(cpu_info(PROC_CPUINFO), environ={}).enabled else "1"
+    config = config_copy(tmp_path / "config")
+    (config / "server.env").write_text(f"{ONEDNN_ENV}={other}\n{CONTRACTION_ENV}=0\n")
+    with ServerProcess(embedded_flags(config, repository, "--enable_batching=false")) as server:
+        state = onednn_state(cpu_info(PROC_CPUINFO), environ={ONEDNN_ENV: other, CONTRACTION_ENV: "0"})
+        assert (state.enabled, state.eigen_contraction) == (other == "1", True)
+        assert f": {state.describe()}\n" in server.log()  # and TensorFlow agrees: no "but TensorFlow here runs"
+        with GrpcClient(server.grpc_target, 60) as client:
+            logits = client.predict("resnet18", {"input": expected.tensors[:1]})["output"]
+    np.testing.assert_allclose(logits, expected.logits[:1], rtol=1e-3, atol=1e-3)
