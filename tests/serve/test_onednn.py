@@ -148,7 +148,9 @@ def test_server_env_chooses_the_kernels_of_the_embedded_server(repository, expec
     other = "0" if onednn_state(cpu_info(PROC_CPUINFO), environ={}).enabled else "1"
     config = config_copy(tmp_path / "config")
     (config / "server.env").write_text(f"{ONEDNN_ENV}={other}\n{CONTRACTION_ENV}=0\n")
-    with ServerProcess(embedded_flags(config, repository, "--enable_batching=false")) as server:
+    with ServerProcess(
+        embedded_flags(config, repository, "--enable_batching=false", "--batching_parameters_file=")
+    ) as server:
         state = onednn_state(cpu_info(PROC_CPUINFO), environ={ONEDNN_ENV: other, CONTRACTION_ENV: "0"})
         assert (state.enabled, state.eigen_contraction) == (other == "1", True)
         assert f": {state.describe()}\n" in server.log()  # and TensorFlow agrees: no "but TensorFlow here runs"
