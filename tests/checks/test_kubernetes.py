@@ -43,9 +43,9 @@ def test_each_overlay_renders_and_validates(tmp_path, lane):
     assert result.code == 0, result.output
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered))
     assert kinds == sorted(
-        ["Namespace", "ConfigMap", "ConfigMap", "PersistentVolumeClaim", "Pod", "Deployment", "Service", "Service",
-         "HorizontalPodAutoscaler", "Job", "Job"]
-    )  # fmt: skip
+        ["Namespace", "ConfigMap", "ConfigMap", "ConfigMap", "PersistentVolumeClaim", "Pod", "Deployment", "Service",
+         "Service", "HorizontalPodAutoscaler", "Job", "Job"]
+    )  # fmt: skip  # ConfigMaps: the fill script, docker/config's files, and server.env as the server's environment
 
 
 def test_a_misspelt_field_and_a_wrong_type_fail_validation(tmp_path, copy_of):
