@@ -21,7 +21,7 @@ for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only
 
 from pt2tf_convert.repository import versions  # noqa: E402
 from pt2tf_serve.cpu import cpu_info  # noqa: E402
-from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags  # noqa: E402
+from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags, server_env  # noqa: E402
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
 from pt2tf_toolchain.lock import drift, load_lock, staleness  # noqa: E402
 from pt2tf_toolchain.matrix import Lane, load_matrix  # noqa: E402
@@ -203,6 +203,8 @@ def _serve(session: nox.Session, lane: Lane) -> None:
     _require_model(session, lane)
     session.log(f"embedded server (pt2tf-serve) on lane {lane.name}, standing in for {lane.serving_image}")
     flags = embedded_flags(DOCKER_CONFIG, MODELS / lane.name, *session.posargs)  # docker/config/server.flags
+    file_env = server_env(flags, {})  # docker/config/server.env; a variable set in the shell wins
+    session.env.update({name: value for name, value in file_env.items() if name not in os.environ})
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *flags)
 
 
@@ -297,13 +299,18 @@ def bench_levers(session: nox.Session) -> None:
     shutil.rmtree(out, ignore_errors=True)
     lane = MATRIX.lane(None)
     _bench(session, lane.env_for("export"), out / "onnxruntime.json", "onnxruntime")
-    for index, variant in enumerate(("default", "inter-op-1", "intra-op-1", "no-onednn", "xla", "bf16")):
-        if variant == "no-onednn":
-            session.env["TF_ENABLE_ONEDNN_OPTS"] = "0"  # read when TensorFlow is imported
+    # The oneDNN levers set their own TF_ENABLE_ONEDNN_OPTS / TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL;
+    # the others run with TensorFlow's default for this CPU, whatever the caller's shell sets.
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"):
+        session.env[name] = None
+    variants = ("default", "inter-op-1", "intra-op-1", "onednn-on", "no-onednn", "eigen-contraction", "xla", "bf16")
+    for index, variant in enumerate(variants):
+        if variant == "bf16" and not cpu_info().bf16:
+            session.log(f"bf16 lever skipped: {cpu_info().describe()} has no native bf16")
+            continue
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
         args += ["--platform-config", str(PLATFORM_CONFIG)]
         _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
-        session.env.pop("TF_ENABLE_ONEDNN_OPTS", None)
     _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from pt2tf_serve.cpu import CONTRACTION_ENV, ONEDNN_ENV
 
 from .artifacts import load_reference, photo_bytes
 from .runtimes import onnxruntime_session
@@ -91,9 +92,17 @@ VARIANTS = {
     "default": "the session config of --platform-config (TensorFlow's defaults without one)",
     "inter-op-1": "inter-op pool of 1 thread: one op at a time, each using both cores",
     "intra-op-1": "intra-op pool of 1 thread: ops run single-threaded, two at a time",
-    "no-onednn": "TF_ENABLE_ONEDNN_OPTS=0: Eigen kernels instead of oneDNN",
+    "onednn-on": "TF_ENABLE_ONEDNN_OPTS=1: oneDNN's kernels on any CPU (by default only with VNNI, BF16 or AMX)",
+    "no-onednn": "TF_ENABLE_ONEDNN_OPTS=0: Eigen's kernels, its contractions by oneDNN's sgemm",
+    "eigen-contraction": "TF_ENABLE_ONEDNN_OPTS=0 and TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0: Eigen's kernels only",
     "xla": "XLA: global_jit_level ON_1 in the Session's config; jit_compile=True on the loaded signature",
     "bf16": "oneDNN bf16 auto mixed precision (auto_mixed_precision_onednn_bfloat16: ON)",
+}
+# The environment a variant runs with, set before TensorFlow is imported: TensorFlow reads both once.
+VARIANT_ENV = {
+    "onednn-on": {ONEDNN_ENV: "1"},
+    "no-onednn": {ONEDNN_ENV: "0"},
+    "eigen-contraction": {ONEDNN_ENV: "0", CONTRACTION_ENV: "0"},
 }
 SESSION, LOADED = "Session (as TF Serving)", "tf.saved_model.load"
 
@@ -181,11 +190,12 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
 
 
 def machine(args: argparse.Namespace) -> dict:
-    """The CPU, its relevant flags and the thread settings these figures were taken with."""
-    from pt2tf_serve.cpu import cpu_info
+    """The CPU, its relevant flags, the thread settings and, for TensorFlow, oneDNN's state these figures had."""
+    from pt2tf_serve.cpu import cpu_info, onednn_report, onednn_state
 
     info = cpu_info()
     threads = {"cores": info.cores}
+    record = {"cpu": info.describe(), "cpu_model": info.model, "cpu_flags": info.relevant_flags, "threads": threads}
     if args.runtime == "savedmodel":
         config = session_config(args)
         threads |= {
@@ -193,13 +203,16 @@ def machine(args: argparse.Namespace) -> dict:
             "tensorflow_inter_op": config.inter_op_parallelism_threads or "TF default (cores)",
             "platform_config": str(args.platform_config) if args.platform_config else None,
         }
+        state = onednn_state(info)
+        running, line = onednn_report(state)
+        record |= {"variant": args.variant, "onednn": line, "onednn_on": running, "contraction": state.contraction}
     if args.runtime != "pytorch":
         threads["onnxruntime"] = "default (intra-op = cores)"
     else:
         import torch
 
         threads["torch"] = torch.get_num_threads()
-    return {"cpu": info.describe(), "cpu_model": info.model, "cpu_flags": info.relevant_flags, "threads": threads}
+    return record
 
 
 RUNTIMES = {"pytorch": _pytorch, "onnxruntime": _onnxruntime, "savedmodel": _savedmodel}
@@ -226,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--out", required=True, type=Path, help="JSON file to write the measurements to")
     args = parser.parse_args(argv)
-    if args.variant == "no-onednn" and os.environ.get("TF_ENABLE_ONEDNN_OPTS") != "0":
-        parser.error("--variant no-onednn needs TF_ENABLE_ONEDNN_OPTS=0 in the environment (read at TF import)")
+    if args.variant in VARIANT_ENV:
+        if "tensorflow" in sys.modules:  # its oneDNN switch and contraction kernel are already chosen
+            parser.error(f"--variant {args.variant} must set its environment before TensorFlow is imported")
+        os.environ.update(VARIANT_ENV[args.variant])
     if args.variant == "bf16":
         from pt2tf_serve.cpu import bf16_refusal
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 THROUGHPUT_TARGET = 0.95
+SESSION_PATH = "Session (as TF Serving)"  # pt2tf_convert.bench.SESSION; this module imports nothing of the project
 LATENCY_TARGET = 1.3
 
 
@@ -38,6 +39,43 @@ def _cell(r: dict | None, ort: dict | None) -> str:
     return f"{r['images_per_second']:.1f}{ratio}, {r['latency_ms_median']:.1f}"
 
 
+def ratios(by_batch: dict[int, dict], ort: dict[int, dict]) -> tuple[dict, float, float | None]:
+    """The best batch, its throughput ÷ ONNX Runtime's best, and batch-1 latency ÷ ONNX Runtime's (None: no batch 1)."""
+    best = max(by_batch.values(), key=lambda r: r["images_per_second"])
+    best_ort = max(ort.values(), key=lambda r: r["images_per_second"])
+    throughput = best["images_per_second"] / best_ort["images_per_second"]
+    latency = by_batch[1]["latency_ms_median"] / ort[1]["latency_ms_median"] if 1 in by_batch and 1 in ort else None
+    return best, throughput, latency
+
+
+def onednn_table(runs: list[tuple[str, dict, list[dict]]], path: str) -> str:
+    """Per TensorFlow process: its oneDNN state and contraction kernel, and its ratios to the ONNX Runtime beside it."""
+    lines = [
+        "| run | lever | oneDNN | contractions (MatMul, Eigen's convolutions) | best batch ÷ ORT"
+        " | batch-1 latency ÷ ORT |",
+        "|---|---|---|---|---|---|",
+    ]
+    for stem, m, results in runs:
+        if "onednn_on" not in m:
+            continue
+        ort = {r["batch"]: r for r in results if _is_ort(r) and "same process" in r["runtime"]}
+        mine = {r["batch"]: r for r in results if r["signature"] == "serving_default" and r.get("path") == path}
+        if not ort or not mine:
+            continue
+        best, throughput, latency = ratios(mine, ort)
+        onednn = "on" if m["onednn_on"] else "off"
+        cells = [
+            stem,
+            m.get("variant", "default"),
+            onednn,
+            m["contraction"],
+            f"{throughput:.2f}× (batch {best['batch']})",
+        ]
+        cells.append("–" if latency is None else f"{latency:.2f}×")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def table(runs: list[tuple[str, dict, list[dict]]]) -> str:
     everything = [r for _, _, results in runs for r in results]
     global_ort = {r["batch"]: r for _, _, results in runs for r in results if r["runtime"].startswith("ONNX") and
@@ -60,10 +98,7 @@ def table(runs: list[tuple[str, dict, list[dict]]]) -> str:
             lines.append(f"| {runtime} | {signature} | {path} | " + " | ".join(cells) + " |")
             if signature != "serving_default" or not yardstick:
                 continue
-            best = max(by_batch.values(), key=lambda r: r["images_per_second"])
-            best_ort = max(yardstick.values(), key=lambda r: r["images_per_second"])
-            throughput = best["images_per_second"] / best_ort["images_per_second"]
-            latency = by_batch[1]["latency_ms_median"] / yardstick[1]["latency_ms_median"] if 1 in by_batch else None
+            best, throughput, latency = ratios(by_batch, yardstick)
             verdict = (
                 f"- {runtime}, {path}: best-batch throughput {throughput:.2f}× ONNX Runtime's (batch {best['batch']}; "
                 f"target ≥ {THROUGHPUT_TARGET}× — {'met' if throughput >= THROUGHPUT_TARGET else 'not met'})"
@@ -81,7 +116,7 @@ def machine_notes(runs: list[tuple[str, dict, list[dict]]]) -> str:
     for stem, m, _ in runs:
         if m.get("threads"):
             threads = ", ".join(f"{k} {v}" for k, v in m["threads"].items() if v is not None)
-            lines.append(f"- `{stem}`: {threads}")
+            lines.append(f"- `{stem}`: {threads}" + (f"; {m['onednn']}" if m.get("onednn") else ""))
     return "\n".join(lines)
 
 
@@ -98,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         " Each SavedModel process interleaves its configurations with ONNX Runtime over several rounds and"
         " reports the median round; its ratios are to that ONNX Runtime.\n\n" + table(runs) + "\n"
     )
+    onednn = onednn_table(runs, SESSION_PATH)
+    if onednn:
+        text += f"\noneDNN in each TensorFlow process, `serving_default` on the {SESSION_PATH} path:\n\n{onednn}\n"
     (root.parent / f"{root.name}.md").write_text(text)
     print(text)
     return 0

@@ -200,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
 
     record = RUNTIMES[args.runtime](load_reference(args.artifacts), args)
     record["cpu"] = cpu_info().describe()
+    if args.runtime == "savedmodel":  # which kernels TensorFlow's op names below are
+        from pt2tf_serve.cpu import onednn_report
+
+        record["onednn"] = onednn_report()[1]
     for batch, summary in record["batches"].items():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(summary["categories_ms"].items(), key=lambda kv: -kv[1]))
         print(

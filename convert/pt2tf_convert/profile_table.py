@@ -60,7 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n\n".join(
         [
             "# Profile: where one call's time goes, per layer category",
-            "\n".join(f"CPU: {cpu}" for cpu in cpus),
+            "\n".join(
+                [
+                    *(f"CPU: {cpu}" for cpu in cpus),
+                    *(f"- {r['runtime']}: {r['onednn']}" for r in records if r.get("onednn")),
+                ]
+            ),
             "TensorFlow: a Session on the MetaGraph (as TF Serving), step stats from RunOptions FULL_TRACE; "
             "ONNX Runtime: its node profiler, same ONNX file. Kernel times are medians over traced calls; "
             "with two inter-op threads TensorFlow's categories can add up to more than the wall time. "

@@ -35,7 +35,7 @@ import psutil
 from locust.env import Environment
 from pt2tf_serve.bench import cpu_model
 from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, REQUEST_COUNT, fetch_page
-from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags
+from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags, server_env
 
 from . import capacity as capacity_mod
 from . import report, search, slo
@@ -374,7 +374,8 @@ def measure_capacity(
                 *(["--version", str(version)] if version is not None else []), "--", *flags]  # fmt: skip
         log = folder / "capacity.log"
         # Spawned, not subprocess: this process may already run gRPC threads, which forbid fork.
-        child = Spawned(argv, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
+        # The server's environment (docker/config/server.env): the same kernels as the server it gates.
+        child = Spawned(argv, {**server_env(flags), "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
         if child.wait() != 0:
             lines = log.read_text(errors="replace").splitlines()
             raise slo.SloError("measuring the in-process capacity failed:\n  " + "\n  ".join(lines[-15:]))

@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# The flags that decide fp32 and bf16 speed of oneDNN kernels.
-RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+# The flags that decide fp32 and bf16 speed of oneDNN kernels, and whether TensorFlow turns oneDNN on.
+RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+# TensorFlow's DefaultOneDnnPolicy on x86 Linux (tensorflow/core/util/port.cc, the same in 2.15, 2.19
+# and 2.21, and in the tensorflow/serving images built from it): oneDNN is on by default only on a
+# CPU with one of these; elsewhere (AVX2-only, AVX-512 without VNNI) TensorFlow runs Eigen's kernels.
+ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
+# Read once, when TensorFlow's oneDNN check first runs (at import): "0"/"false" off, "1"/"true" on,
+# any case; anything else keeps the default, with a warning from TensorFlow.
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+# Eigen's matrix contraction (MatMul, and the convolutions Eigen runs as contractions, which is every
+# one when oneDNN is off) calls oneDNN's sgemm unless this is exactly "0" or "false"
+# (xla/tsl/framework/contraction/eigen_contraction_kernel.cc); then Eigen's own kernel runs.
+CONTRACTION_ENV = "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"
 
 
 @dataclass(frozen=True)
@@ -92,3 +105,76 @@ def bf16_refusal(info: CpuInfo | None = None) -> str | None:
         f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in {cpuinfo_path()}; this one ({info.model}) has neither, "
         "so oneDNN has no native bf16 kernels here (emulated at best, slower than fp32): serve the fp32 model"
     )
+
+
+@dataclass(frozen=True)
+class OneDnnState:
+    """Whether a TensorFlow process runs oneDNN's kernels, TensorFlow's default for the CPU, and why."""
+
+    default: bool  # TensorFlow's default for this CPU
+    enabled: bool  # what a TensorFlow process started with this environment runs
+    why: str  # the flags, or the variable, that decided
+    eigen_contraction: bool  # Eigen's own contraction kernel instead of oneDNN's sgemm
+
+    @property
+    def contraction(self) -> str:
+        """The kernel Eigen's contractions (MatMul, Eigen's convolutions) run."""
+        if self.eigen_contraction:
+            return f"Eigen's own ({CONTRACTION_ENV}=0)"
+        return "oneDNN's sgemm (TensorFlow's custom contraction kernel)"
+
+    def describe(self) -> str:
+        """One line for logs and reports: on or off, why, and what runs the contractions when it is off."""
+        line = f"oneDNN {'on' if self.enabled else 'off'} ({self.why})"
+        if not self.enabled:
+            line += f"; Eigen's kernels, contractions by {self.contraction}"
+        elif self.eigen_contraction:
+            line += f"; contractions outside oneDNN's ops by {self.contraction}"
+        return line
+
+
+def onednn_default(info: CpuInfo | None = None) -> tuple[bool, str]:
+    """TensorFlow's default for this CPU (port.cc's DefaultOneDnnPolicy, x86 Linux) and the flags that decide it."""
+    info = info or cpu_info()
+    found = [flag for flag in ONEDNN_DEFAULT_FLAGS if flag in info.flags]
+    if found:
+        return True, f"the CPU has {', '.join(found)}"
+    return False, f"the CPU has none of {', '.join(ONEDNN_DEFAULT_FLAGS)}"
+
+
+def onednn_state(info: CpuInfo | None = None, environ: Mapping[str, str] | None = None) -> OneDnnState:
+    """What a TensorFlow process with this environment (default: ours) runs on this CPU, as TensorFlow decides it."""
+    environ = os.environ if environ is None else environ
+    default, flags = onednn_default(info)
+    why = f"TensorFlow's default: {flags}"
+    enabled = default
+    value = environ.get(ONEDNN_ENV)
+    if value is not None:
+        forced = {"0": False, "false": False, "1": True, "true": True}.get(value.lower())
+        if forced is None:
+            why += f"; {ONEDNN_ENV}={value!r} is not 0, 1, true or false, so TensorFlow keeps its default"
+        else:
+            enabled = forced
+            why = f"{ONEDNN_ENV}={value}; TensorFlow's default here is {'on' if default else 'off'}: {flags}"
+    eigen_contraction = environ.get(CONTRACTION_ENV) in ("0", "false")
+    return OneDnnState(default=default, enabled=enabled, why=why, eigen_contraction=eigen_contraction)
+
+
+def onednn_report(state: OneDnnState | None = None) -> tuple[bool, str]:
+    """What this process's TensorFlow runs, in its own words, beside what the CPU and the environment predict.
+
+    Imports TensorFlow (call it where TensorFlow is loaded anyway). The two disagree only when the CPU
+    described is not the one TensorFlow runs on: PT2TF_CPUINFO rehearses another kind's choices, not its
+    kernels, so the line says so instead of claiming a state TensorFlow does not run.
+    """
+    from tensorflow.python.util import _pywrap_util_port
+
+    state = state or onednn_state()
+    running = bool(_pywrap_util_port.IsMklEnabled())
+    line = state.describe()
+    if running != state.enabled:
+        line += (
+            f"; but TensorFlow here runs oneDNN {'on' if running else 'off'}: {cpuinfo_path()} describes"
+            " another CPU than the one it runs on"
+        )
+    return running, line

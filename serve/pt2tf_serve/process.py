@@ -40,6 +40,35 @@ def config_copy(folder: Path, models_config: Path | None = None, batching: str |
     return folder
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """VARIABLE=value lines, '#' comments skipped (docker/config/server.env, as compose's env_file reads it)."""
+    env = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, value = line.partition("=")
+        if not equals or not name.strip():
+            raise ValueError(f"{path}:{number}: {line!r} is not VARIABLE=value")
+        env[name.strip()] = value.strip()
+    return env
+
+
+def server_env(flags: list[str], environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The server's environment: server.env of the folder mounted at /config, under the variables already set.
+
+    Compose and the Deployment give the real server the same file; here a variable set in the caller's
+    environment wins, so `TF_ENABLE_ONEDNN_OPTS=0 make serve` tries the other setting without an edit.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    config = [flag.split("=", 1)[1].rsplit(":", 1)[0] for flag in flags if flag.startswith("--volume=") and
+              flag.endswith(":/config")]  # fmt: skip
+    path = Path(config[-1]) / "server.env" if config else None
+    if path is None or not path.is_file():
+        return environ
+    return {**read_env_file(path), **environ}
+
+
 def embedded_flags(config: Path, models: Path, *extra: str) -> list[str]:
     """server.flags of a config folder, its container paths mapped onto `config` and `models`, then `extra`."""
     flags = read_flags_file(config / "server.flags")
@@ -99,7 +128,7 @@ class ServerProcess:
         # Later flags win, so the ports asked of the OS override any in `flags`.
         self.flags = [*flags, f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}"]
         self.startup_timeout = startup_timeout
-        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        self.env = {**server_env(self.flags), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         handle, name = tempfile.mkstemp(prefix="pt2tf-serve-", suffix=".log")
         os.close(handle)  # the child opens it by name
         self.log_path = Path(name)

@@ -39,6 +39,7 @@ from .config import (
 )
 from .core import ServerCore
 from .core import log as _log
+from .cpu import cpu_info, onednn_report
 from .flags import FlagError, Options, help_text, parse_flags
 from .grpc_services import start_grpc
 from .metrics import Metrics
@@ -280,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pt2tf-serve: error: {exc}", file=sys.stderr)
         return 2
     _quiet_logs()
+    # TF Serving's log says this at start (TensorFlow's own notice, muted here with its other start-up
+    # lines); the kernels differ by CPU kind and by TF_ENABLE_ONEDNN_OPTS, so name them and why.
+    _log(f"{cpu_info().describe()}: {onednn_report()[1]}")
     loop = asyncio.new_event_loop()
     stopping = asyncio.Event()
 

@@ -41,3 +41,11 @@ def test_the_pipeline_runs_export_convert_verify_then_serves():
     assert services["export"]["build"]["target"] == "export"
     assert services["convert"]["build"]["target"] == "convert-${LANE:-onnx2tf}"
     assert "profiles" not in services["tfserving"]
+
+
+def test_the_server_gets_the_config_folders_environment_file():
+    # docker/config/server.env: oneDNN on or off, the contraction kernel; the Deployment and the embedded
+    # server read the same file.
+    tfserving = yaml.safe_load((ROOT / COMPOSE).read_text())["services"]["tfserving"]
+    assert "${PT2TF_CONFIG:-./config}:/config:ro" in tfserving["volumes"]
+    assert tfserving["env_file"] == ["${PT2TF_CONFIG:-./config}/server.env"]

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from checkrun import ROOT, replace_once, run, tool
 from lane_consistency import OVERLAYS
+from pt2tf_serve.process import read_env_file
 from pt2tf_toolchain.matrix import load_matrix
 
 LANES = list(load_matrix().lanes)
@@ -42,9 +43,9 @@ def test_each_overlay_renders_and_validates(tmp_path, lane):
     assert result.code == 0, result.output
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered))
     assert kinds == sorted(
-        ["Namespace", "ConfigMap", "ConfigMap", "PersistentVolumeClaim", "Pod", "Deployment", "Service", "Service",
-         "HorizontalPodAutoscaler", "Job", "Job"]
-    )  # fmt: skip
+        ["Namespace", "ConfigMap", "ConfigMap", "ConfigMap", "PersistentVolumeClaim", "Pod", "Deployment", "Service",
+         "Service", "HorizontalPodAutoscaler", "Job", "Job"]
+    )  # fmt: skip  # ConfigMaps: the fill script, docker/config's files, and server.env as the server's environment
 
 
 def test_a_misspelt_field_and_a_wrong_type_fail_validation(tmp_path, copy_of):
@@ -81,6 +82,10 @@ def test_serving_and_load_generation_have_the_promised_shape(lane):
     config = next(d for (kind, name), d in docs.items() if kind == "ConfigMap" and name.startswith("tfserving-config"))
     on_disk = {p.name for p in (ROOT / "docker/config").iterdir() if p.name != "kustomization.yaml"}
     assert set(config["data"]) == on_disk, "the ConfigMap must carry every file of docker/config"
+    # server.env is also the server's environment, as compose's env_file and the embedded server read it.
+    env = next(d for (kind, name), d in docs.items() if kind == "ConfigMap" and name.startswith("tfserving-env"))
+    assert container["envFrom"] == [{"configMapRef": {"name": env["metadata"]["name"]}}]
+    assert env.get("data", {}) == read_env_file(ROOT / "docker/config/server.env")
     ports = {p["name"]: p["port"] for p in docs["Service", "tfserving"]["spec"]["ports"]}
     assert ports == {"grpc": 8500, "http": 8501}
     assert docs["HorizontalPodAutoscaler", "tfserving"]["spec"]["scaleTargetRef"]["name"] == "tfserving"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict
@@ -304,6 +305,57 @@ def test_bench_measures_both_signatures_and_the_table_compares_to_onnxruntime(pu
     assert "best-batch throughput" in text and "batch-1 latency" in text and "ONNX Runtime" in text
     assert f"lane x (TF {tf.__version__}), {bench.SESSION}: best-batch" in text
     assert f"CPU: {cpu_info().describe()}" in text  # model, cores, the AVX-512/AMX/bf16 flags it has and lacks
+
+
+def test_the_bench_says_which_onednn_kernels_each_tensorflow_process_ran(published, artifacts, tmp_path):
+    # The oneDNN levers set their variables before TensorFlow loads, in a process of their own; the record and
+    # the table say the state TensorFlow ran with, beside the ONNX Runtime of the same process.
+    import subprocess
+    import sys
+
+    from pt2tf_convert import bench, bench_table
+    from pt2tf_serve.cpu import cpu_info, onednn_state
+
+    models, _ = published
+    out = tmp_path / "levers"
+    common = ["--artifacts", str(artifacts), "--models", str(models), "--batch-sizes", "1", "2", "--min-iters", "2"]
+    common += ["--min-seconds", "0", "--rounds", "1", "--no-images", "--label", "lane x"]
+    for index, variant in enumerate(("default", "eigen-contraction")):
+        argv = [sys.executable, "-m", "pt2tf_convert.bench", "--runtime", "savedmodel", "--variant", variant, *common]
+        env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", bench.CONTRACTION_ENV)}
+        result = subprocess.run([*argv, "--out", str(out / f"{index}-{variant}.json")], env=env, capture_output=True)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+    default = json.loads((out / "0-default.json").read_text())["machine"]
+    eigen = json.loads((out / "1-eigen-contraction.json").read_text())["machine"]
+    expected = onednn_state(cpu_info(), environ={})
+    assert (default["variant"], default["onednn_on"], default["contraction"]) == (
+        "default",
+        expected.enabled,
+        expected.contraction,
+    )
+    assert (eigen["variant"], eigen["onednn_on"]) == ("eigen-contraction", False)
+    assert eigen["contraction"] == "Eigen's own (TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL=0)"
+    if "PT2TF_CPUINFO" not in os.environ:  # the rule and TensorFlow agree: the line claims nothing else
+        assert "but TensorFlow here runs" not in default["onednn"] + eigen["onednn"]
+    assert bench_table.main([str(out)]) == 0
+    text = (tmp_path / "levers.md").read_text()
+    assert f"- `1-eigen-contraction`: cores {cpu_info().cores}" in text and eigen["onednn"] in text
+    rows = [line for line in text.splitlines() if line.startswith(("| 0-default |", "| 1-eigen-contraction |"))]
+    assert rows[0].startswith(
+        f"| 0-default | default | {'on' if expected.enabled else 'off'} | {expected.contraction} | "
+    )
+    assert rows[1].startswith("| 1-eigen-contraction | eigen-contraction | off | Eigen's own")
+    assert all(re.search(r"\| \d+\.\d\d× \(batch [12]\) \| \d+\.\d\d× \|$", row) for row in rows), rows
+    assert bench_table.SESSION_PATH == bench.SESSION  # bench_table imports nothing of the project: kept equal here
+
+
+def test_a_onednn_lever_cannot_run_once_tensorflow_is_loaded(artifacts, tmp_path):
+    from pt2tf_convert import bench
+
+    with pytest.raises(SystemExit):  # TensorFlow read TF_ENABLE_ONEDNN_OPTS when this process imported it
+        bench.main(["--runtime", "savedmodel", "--artifacts", str(artifacts), "--variant", "onednn-on",
+                    "--out", str(tmp_path / "x.json")])  # fmt: skip
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_the_contract_check_names_every_difference(tmp_path):
