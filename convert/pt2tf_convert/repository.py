@@ -43,6 +43,8 @@ def served_model(artifacts: Path | None, models: Path | None) -> str:
     where = f"no export.json in {artifacts}" if artifacts is not None else "no export given"
     if held:
         raise RepositoryError(f"{where}, and {models} holds several models ({', '.join(held)}): pass --model NAME")
+    if models is None:
+        raise RepositoryError(f"{where}: run the export stage, or pass the served model's name (--model NAME)")
     raise RepositoryError(
         f"{where}, and no model version in {models}: run the export and convert stages, or pass --model NAME"
     )

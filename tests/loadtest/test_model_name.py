@@ -41,3 +41,7 @@ def test_several_models_and_no_export_ask_for_the_name(tmp_path):
         served_model(tmp_path / "no-export", tmp_path / "models")
     with pytest.raises(RepositoryError, match="run the export and convert stages, or pass --model NAME"):
         served_model(tmp_path / "no-export", tmp_path / "nothing")
+    with pytest.raises(
+        RepositoryError, match=r"no export\.json in .*: run the export stage, or pass the served model's"
+    ):
+        served_model(tmp_path / "no-export", None)
