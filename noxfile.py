@@ -117,6 +117,9 @@ def tests(session: nox.Session, suite: str) -> None:
     artifacts = _fresh_export(session, lane)
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
     session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
+    session.env["PT2TF_EXPORT_PYTHON"] = env_python(
+        session, lane.env_for("export")
+    )  # a user's model, exported in tests
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
