@@ -117,9 +117,8 @@ def tests(session: nox.Session, suite: str) -> None:
     artifacts = _fresh_export(session, lane)
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
     session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
-    session.env["PT2TF_EXPORT_PYTHON"] = env_python(
-        session, lane.env_for("export")
-    )  # a user's model, exported in tests
+    # tests/serve/test_user_model.py exports a user's module itself, in the export env
+    session.env["PT2TF_EXPORT_PYTHON"] = env_python(session, lane.env_for("export"))
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
@@ -199,8 +198,9 @@ def _verify(session: nox.Session, lane: Lane) -> None:
 def _served_model(session: nox.Session, lane: Lane) -> str:
     """The lane's model for serving and load: `-- --model NAME`, else the one its export holds (export.json), else
     the only one in its repository."""
-    given = [arg.split("=", 1)[1] if "=" in arg else next(iter(session.posargs[i + 1 :]), "")
-             for i, arg in enumerate(session.posargs) if arg.split("=", 1)[0] == "--model"]  # fmt: skip
+    posargs = list(session.posargs)
+    given = [posargs[i + 1] for i, arg in enumerate(posargs[:-1]) if arg == "--model"]
+    given += [arg.removeprefix("--model=") for arg in posargs if arg.startswith("--model=")]
     try:
         return given[-1] if given else served_model(ARTIFACTS / lane.name, MODELS / lane.name)
     except RepositoryError as exc:
