@@ -16,6 +16,14 @@ SERVER ?= auto
 # seeded (default: offline, labels are not ImageNet predictions), IMAGENET1K_V1 (torchvision's file from the
 # torch hub cache, downloaded and sha256-checked when absent and online), or a state_dict file
 WEIGHTS ?= seeded
+# a torchvision classifier (resnet18, mobilenet_v3_large, ...) or your own: package.module:factory with SPEC= (README)
+MODEL ?= resnet18
+# your own model's preprocessing spec (TOML: name, resize, crop, interpolation, mean, std, labels); torchvision's: none
+SPEC ?=
+# The name the exported model is served under: its export.json's (a torchvision model's own, a user's spec's `name`).
+EXPORTED_MODEL = PYTHONPATH=toolchain:convert $(PYTHON) -c "from pathlib import Path; \
+  from pt2tf_toolchain.matrix import load_matrix; from pt2tf_convert.repository import served_model; \
+  print(served_model(Path('artifacts') / load_matrix().default_lane, None))"
 # default: 5 concurrency steps per protocol, batching off and on, and the capacity search (~12 min on the AVX-512 EPYC); full: the long sweep; smoke: seconds
 LOADTEST_PROFILE ?= default
 # the model version `make rollout` takes from canary to stable
@@ -24,6 +32,8 @@ CANDIDATE ?=
 help:
 	@echo "make all        export → convert → verify → serve check → loadtest + SLO verdict, default lane"
 	@echo "                WEIGHTS=IMAGENET1K_V1 (torch hub cache) or WEIGHTS=path/state_dict.pt; default seeded"
+	@echo "                MODEL=mobilenet_v3_large (a torchvision classifier; default resnet18), or your own model:"
+	@echo "                MODEL=package.module:factory WEIGHTS=state_dict.pt SPEC=spec.toml (README: your own model)"
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
 	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert and serve test suites"
@@ -47,8 +57,8 @@ tools:
 	@$(TOOLCHAIN) env tools >/dev/null
 
 all: tools
-	@echo "==> export: ResNet18 → ONNX + PyTorch reference (default lane, WEIGHTS=$(WEIGHTS))"
-	@$(NOX) -s export -- --weights "$(WEIGHTS)"
+	@echo "==> export: $(MODEL) → ONNX + PyTorch reference (default lane, WEIGHTS=$(WEIGHTS))"
+	@$(NOX) -s export -- --model "$(MODEL)" --weights "$(WEIGHTS)" $(if $(SPEC),--spec "$(SPEC)")
 	@echo "==> convert: ONNX → TF Serving model version (default lane)"
 	@$(NOX) -s convert
 	@echo "==> verify: PyTorch vs ONNX Runtime vs SavedModel (default lane)"
@@ -58,7 +68,7 @@ all: tools
 	@echo "==> loadtest: Locust over REST and gRPC, batching off then on, capacity at the p99 objective, SLO gate (LOADTEST_PROFILE=$(LOADTEST_PROFILE))"
 	@$(NOX) -s loadtest -- --profile $(LOADTEST_PROFILE) --search
 	@echo "==> done. Reports:"
-	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png reports/loadtest/* models/*/resnet18/* 2>/dev/null
+	@ls -1d reports/*/parity.md reports/*/parity.json reports/*/parity_errors.png reports/loadtest/* models/*/"$$($(EXPORTED_MODEL))"/* 2>/dev/null
 
 test: tools
 	@echo "==> lint, then every test suite in its locked env"

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent
 for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only modules, imported below
     sys.path.insert(0, str(ROOT / _folder))
 
-from pt2tf_convert.repository import versions  # noqa: E402
+from pt2tf_convert.repository import RepositoryError, served_model, versions  # noqa: E402
 from pt2tf_serve.cpu import cpu_info  # noqa: E402
 from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags, server_env  # noqa: E402
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
@@ -64,7 +64,9 @@ def env_python(session: nox.Session, env: str) -> str:
 def run_in(session: nox.Session, env: str, *args: str) -> None:
     """Run `python *args` in a locked env, with the project's packages importable."""
     quiet_tf = {"TF_CPP_MIN_LOG_LEVEL": "2"}  # TensorFlow's C++ info and warnings bury the progress lines
-    env_vars = {**session.env, "PYTHONPATH": PYTHONPATH, **quiet_tf}
+    # The caller's PYTHONPATH after the project's: where a user's own model (--model package.module:factory) lives.
+    pythonpath = os.pathsep.join(filter(None, (PYTHONPATH, os.environ.get("PYTHONPATH"))))
+    env_vars = {**session.env, "PYTHONPATH": pythonpath, **quiet_tf}
     session.run(env_python(session, env), *args, env=env_vars, external=True)
 
 
@@ -115,6 +117,8 @@ def tests(session: nox.Session, suite: str) -> None:
     artifacts = _fresh_export(session, lane)
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
     session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
+    # tests/serve/test_user_model.py exports a user's module itself, in the export env
+    session.env["PT2TF_EXPORT_PYTHON"] = env_python(session, lane.env_for("export"))
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
@@ -191,16 +195,31 @@ def _verify(session: nox.Session, lane: Lane) -> None:
     )
 
 
-def _require_model(session: nox.Session, lane: Lane) -> None:
-    if not versions(MODELS / lane.name / MODEL_NAME):
+def _served_model(session: nox.Session, lane: Lane) -> str:
+    """The lane's model for serving and load: `-- --model NAME`, else the one its export holds (export.json), else
+    the only one in its repository."""
+    posargs = list(session.posargs)
+    given = [posargs[i + 1] for i, arg in enumerate(posargs[:-1]) if arg == "--model"]
+    given += [arg.removeprefix("--model=") for arg in posargs if arg.startswith("--model=")]
+    try:
+        return given[-1] if given else served_model(ARTIFACTS / lane.name, MODELS / lane.name)
+    except RepositoryError as exc:
+        session.error(str(exc))
+
+
+def _require_model(session: nox.Session, lane: Lane, model: str | None = None) -> str:
+    """The lane's served model (default: `_served_model`), refused when it has no converted version."""
+    model = model or _served_model(session, lane)
+    if not versions(MODELS / lane.name / model):
         session.error(
-            f"lane {lane.name} has no converted model in {MODELS / lane.name}: run nox -s convert-{lane.name}"
+            f"lane {lane.name} has no converted {model} in {MODELS / lane.name}: run nox -s convert-{lane.name}"
         )
+    return model
 
 
 def _serve(session: nox.Session, lane: Lane) -> None:
     """Serve in the foreground until Ctrl-C; posargs after `--` are more tensorflow_model_server flags."""
-    _require_model(session, lane)
+    _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     session.log(f"embedded server (pt2tf-serve) on lane {lane.name}, standing in for {lane.serving_image}")
     flags = embedded_flags(DOCKER_CONFIG, MODELS / lane.name, *session.posargs)  # docker/config/server.flags
     file_env = server_env(flags, {})  # docker/config/server.env; a variable set in the shell wins
@@ -218,7 +237,7 @@ def _conformance(session: nox.Session, lane: Lane) -> None:
 
 
 STAGES = {
-    "export": (_export, "Export ResNet18 (or -- --model NAME) to ONNX + PyTorch reference"),
+    "export": (_export, "Export ResNet18 (or -- --model NAME | package.module:factory) to ONNX + PyTorch reference"),
     "convert": (_convert, "Convert the ONNX export to a TF Serving model version"),
     "verify": (_verify, "Verify the SavedModel against PyTorch and ONNX Runtime"),
     "serve": (_serve, "Serve the model repository with the embedded TF-Serving-compatible server"),
@@ -329,7 +348,7 @@ def bf16(session: nox.Session) -> None:
 def profile(session: nox.Session) -> None:
     """Per-layer time of ONNX Runtime vs the default lane's Session, converter graph vs optimized (reports/profile/)."""
     lane = MATRIX.lane(None)
-    _require_model(session, lane)
+    _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     out = REPORTS / "profile"
     shutil.rmtree(out, ignore_errors=True)
     common = ["-m", "pt2tf_convert.profile", "--artifacts", str(ARTIFACTS / lane.name), *session.posargs]
@@ -366,7 +385,7 @@ def serve_check(session: nox.Session) -> None:
 def serve_bench(session: nox.Session) -> None:
     """Served vs in-process throughput, batching on vs off, REST vs gRPC, default lane (reports/serve-bench.md)."""
     lane = MATRIX.lane(None)
-    _require_model(session, lane)
+    _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.bench", *args, "--out", str(REPORTS / "serve-bench.md"),
            *session.posargs)  # fmt: skip
@@ -376,7 +395,7 @@ def serve_bench(session: nox.Session) -> None:
 def serve_overload(session: nox.Session) -> None:
     """How fast 10× and 100× overload is refused over gRPC and REST, default lane (reports/serve-overload.md)."""
     lane = MATRIX.lane(None)
-    _require_model(session, lane)
+    _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
     out = ["--out", str(REPORTS / "serve-overload.md")]
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.overload", *args, *out, *session.posargs)
@@ -386,16 +405,18 @@ def serve_overload(session: nox.Session) -> None:
 def loadtest(session: nox.Session) -> None:
     """Locust sweep over concurrency, batching off and on, SLO gate, report (reports/loadtest/); lane: $PT2TF_LANE."""
     lane = MATRIX.lane(os.environ.get("PT2TF_LANE") or None)
+    model = _served_model(session, lane)
     args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "loadtest"), "--lane", lane.name]
+    args += ["--model", model]
     external = any(arg.startswith("--rest") for arg in session.posargs)
     if not external:  # no external server: start the embedded one
-        _require_model(session, lane)
-    if versions(MODELS / lane.name / MODEL_NAME):
+        _require_model(session, lane, model)
+    if versions(MODELS / lane.name / model):
         # The embedded server's repository; against an external server, what the in-process capacity is measured on.
         serve_python = env_python(session, lane.env_for("serve"))
         args += ["--models", str(MODELS / lane.name), "--serve-python", serve_python]
     if not external:
-        args += _candidate_args(MODELS / lane.name / MODEL_NAME)
+        args += _candidate_args(MODELS / lane.name / model)
     run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.runner", *args, *session.posargs)
 
 
@@ -403,8 +424,9 @@ def loadtest(session: nox.Session) -> None:
 def rollout(session: nox.Session) -> None:
     """Roll a model version out through TF Serving's labels, gated by load (pt2tf-rollout); lane: $PT2TF_LANE."""
     lane = MATRIX.lane(os.environ.get("PT2TF_LANE") or None)
-    args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "rollout"), "--model", MODEL_NAME]
-    if versions(MODELS / lane.name / MODEL_NAME):  # the embedded server's repository, and the capacity's model
+    model = _served_model(session, lane)
+    args = ["--artifacts", str(ARTIFACTS / lane.name), "--out", str(REPORTS / "rollout"), "--model", model]
+    if versions(MODELS / lane.name / model):  # the embedded server's repository, and the capacity's model
         args += ["--models", str(MODELS / lane.name), "--serve-python", env_python(session, lane.env_for("serve"))]
     run_in(session, lane.env_for("loadtest"), "-m", "pt2tf_loadtest.rollout", *args, *session.posargs)
 

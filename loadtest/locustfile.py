@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from locust import events
+from pt2tf_convert.repository import RepositoryError, served_model
 from pt2tf_loadtest.inputs import load_inputs
 from pt2tf_loadtest.users import TARGET, GrpcImageUser, GrpcTensorUser, RestImageUser, RestTensorUser
 
@@ -27,7 +28,7 @@ __all__ = ["GrpcImageUser", "GrpcTensorUser", "RestImageUser", "RestTensorUser"]
 def _arguments(parser) -> None:
     parser.add_argument("--grpc-target", default="127.0.0.1:8500", help="TF Serving's gRPC HOST:PORT")
     parser.add_argument("--artifacts", default="artifacts/onnx2tf", help="the export's output: photos and answers")
-    parser.add_argument("--model-name", default="resnet18")
+    parser.add_argument("--model-name", help="the served model (default: the one --artifacts' export.json names)")
     parser.add_argument("--model-label", default=None, help="a version label to ask for (e.g. canary)")
 
 
@@ -37,10 +38,10 @@ def _target(environment, **_kwargs) -> None:
     if options is None:
         return
     TARGET.grpc = options.grpc_target
-    TARGET.model = options.model_name
     TARGET.label = options.model_label
     try:
+        TARGET.model = options.model_name or served_model(Path(options.artifacts), None)
         TARGET.inputs = load_inputs(Path(options.artifacts))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RepositoryError) as exc:
         # Locust only logs an exception raised here and runs its whole --run-time without inputs.
         raise SystemExit(f"locustfile: {exc}") from exc

@@ -46,6 +46,7 @@ from .support import check_supported
 CONVERSION_ATOL = 1e-4
 # What the version's manifest repeats from the export's: how the ONNX file was made, from which weights.
 EXPORT_FIELDS = ("exporter", "opset", "ir_version", "weights", "seed", "weights_sha256")
+USER_MODEL_FIELDS = ("factory", "num_classes", "labels_source")
 
 
 def convert(
@@ -101,7 +102,7 @@ def convert(
                 save_serving_model(converted, [str(x) for x in ref["labels"]], weights, staging, preprocessing)
             with step("checking the signatures against the contract"):
                 loaded = tf.saved_model.load(str(staging))
-                problems = contract_problems(loaded)
+                problems = contract_problems(loaded, len(ref["labels"]))
                 if problems:
                     raise ConversionError("the SavedModel breaks the serving contract:\n  " + "\n  ".join(problems))
             with step("parity of the SavedModel against ONNX Runtime and PyTorch"):
@@ -141,6 +142,8 @@ def convert(
                         "model": architecture,
                         "preprocessing": preprocessing.to_json(),
                         **{k: export_manifest[k] for k in EXPORT_FIELDS},
+                        # A user's model: its factory, class count and labels file (absent from older exports).
+                        **{k: export_manifest[k] for k in USER_MODEL_FIELDS if k in export_manifest},
                         "weights_description": weights,
                     },
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},

@@ -41,10 +41,11 @@ from .model import (
     preprocessing_for,
     torchvision_weights,
 )
-from .preprocessing import DEFAULT_MODEL, INPUT_SIZE, NUM_CLASSES
+from .preprocessing import DEFAULT_MODEL, INPUT_SIZE
 from .progress import step
 from .reference import reference_inputs, save_reference
 from .runtimes import onnxruntime_session, run_onnxruntime
+from .user_model import SpecError, build_user_model, is_factory, load_factory, load_spec
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -56,7 +57,7 @@ class ExportError(RuntimeError):
 
 
 def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -> None:
-    """Write `model` as ONNX with input 'input' [batch,3,224,224] and output 'output' [batch,1000]."""
+    """Write `model` as ONNX with input 'input' [batch,3,224,224] and output 'output' [batch,classes]."""
     if model.training:
         raise ExportError("the model is in training mode; BatchNorm and Dropout would export wrongly — call .eval()")
     example = torch.randn(2, 3, INPUT_SIZE, INPUT_SIZE)  # batch 2: an exporter may specialize a batch of 1
@@ -89,6 +90,14 @@ def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -
             program.save(str(path), external_data=False)
         else:
             raise ExportError(f"unknown exporter '{exporter}': use 'torchscript' or 'dynamo'")
+
+
+def exporter_error(exc: BaseException) -> str:
+    """The lines of an exporter's error that say what it could not take (the operator, the construct), in one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    telling = [line for line in lines if any(word in line for word in ("nsupported", "operator", "aten::", "Error"))]
+    picked = (telling or lines or [""])[:3]
+    return f"{type(exc).__name__}: " + " | ".join(line[:300] for line in picked)
 
 
 def float32_rounding(model: torch.nn.Module, inputs: torch.Tensor, logits: np.ndarray) -> float:
@@ -135,36 +144,67 @@ def export(
     seed: int = 0,
     atol: float = 1e-5,
     model_name: str = DEFAULT_MODEL,
+    spec: Path | None = None,
 ) -> dict:
-    """Export, check and write the lane's ONNX file, reference and manifest into `out`."""
-    check_model_name(model_name)
-    # Named torchvision weights bring their own transforms (resnet50's V1 and V2 resize differently).
-    spec_weights = (
-        torchvision_weights(weights, model_name) if weights != SEEDED and is_torchvision_name(weights) else None
-    )
-    spec_weights = spec_weights or default_weights(model_name)
-    preprocessing = preprocessing_for(model_name, spec_weights)  # before any work: a crop the contract lacks fails now
-    labels = labels_for(model_name, spec_weights)
-    print(f"export {model_name} for lane '{lane}': {exporter} exporter, opset {opset} → {out}", file=sys.stderr)
+    """Export, check and write the lane's ONNX file, reference and manifest into `out`.
+
+    `model_name` is a torchvision classifier, or the user's `package.module:factory` with its preprocessing
+    `spec` file (pt2tf_convert.user_model)."""
+    user_spec, factory = None, None
+    if is_factory(model_name):
+        if spec is None:
+            raise SpecError(f"--model {model_name}: your own model needs --spec FILE, its preprocessing and labels")
+        user_spec, factory = load_spec(spec, model_name), model_name
+        load_factory(factory)  # before any work: a module that does not import fails now
+        preprocessing, spec_weights, transform = user_spec.preprocessing, None, user_spec.transform()
+        model_name = user_spec.name
+    else:
+        if spec is not None:
+            raise SpecError(
+                f"--spec {spec}: {model_name}'s preprocessing and labels are its torchvision weights'; --spec is for "
+                "your own model (--model package.module:factory)"
+            )
+        check_model_name(model_name)
+        # Named torchvision weights bring their own transforms (resnet50's V1 and V2 resize differently).
+        spec_weights = (
+            torchvision_weights(weights, model_name) if weights != SEEDED and is_torchvision_name(weights) else None
+        )
+        spec_weights = spec_weights or default_weights(model_name)
+        preprocessing = preprocessing_for(model_name, spec_weights)  # before any work: a crop the contract lacks
+        labels, transform = labels_for(model_name, spec_weights), None
+    shown = f"{model_name} ({factory})" if factory else model_name
+    print(f"export {shown} for lane '{lane}': {exporter} exporter, opset {opset} → {out}", file=sys.stderr)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with replace_dir(out) as tmp:
         with step(f"preparing reference inputs (seeded tensors + scikit-image photos; {preprocessing.describe()})"):
-            ref = reference_inputs(seed, spec_weights)
+            ref = reference_inputs(seed, spec_weights, transform) if factory else reference_inputs(seed, spec_weights)
         what = "seeded weights, classifier calibrated on the reference inputs" if weights == SEEDED else weights
-        with step(f"building {model_name} ({what})"):
-            model, source = build_model(weights, seed, torch.from_numpy(ref.inputs), model_name)
+        with step(f"building {shown} ({what})"):
+            if factory:
+                model, source, labels = build_user_model(
+                    factory, user_spec, weights, seed, torch.from_numpy(ref.inputs)
+                )
+            else:
+                model, source = build_model(weights, seed, torch.from_numpy(ref.inputs), model_name)
         with step(f"running PyTorch {torch.__version__} on {len(ref.inputs)} reference inputs"), torch.no_grad():
             logits = model(torch.from_numpy(ref.inputs)).numpy()
-        if logits.shape != (len(ref.inputs), NUM_CLASSES):
+        if logits.shape != (len(ref.inputs), len(labels)):
             raise ExportError(
-                f"{model_name} answers {list(logits.shape)} logits, the contract has [batch, {NUM_CLASSES}]"
+                f"{model_name} answers {list(logits.shape)} logits, the contract has [batch, {len(labels)}]"
             )
         answers = discrimination(logits)
         with step("measuring the model's own float32 rounding (PyTorch float32 vs float64)"):
             rounding = float32_rounding(model, torch.from_numpy(ref.inputs), logits)
         onnx_path = tmp / "model.onnx"
         with step(f"exporting ONNX ({exporter} exporter, opset {opset})"):
-            export_onnx(model, onnx_path, exporter, opset)
+            try:
+                export_onnx(model, onnx_path, exporter, opset)
+            except ExportError:
+                raise
+            except Exception as exc:  # the exporter's own error names the operator or construct it cannot take
+                raise ExportError(
+                    f"the {exporter} exporter (opset {opset}) cannot take {shown}: {exporter_error(exc)}"
+                ) from exc
         with step("checking the ONNX file (onnx.checker, opset, symbolic batch axis)"):
             onnx.checker.check_model(str(onnx_path), full_check=True)
             proto = onnx.load(str(onnx_path))
@@ -188,13 +228,16 @@ def export(
         manifest = {
             "model": model_name,
             "preprocessing": preprocessing.to_json(),
+            "factory": factory,  # the user's package.module:factory; None for a torchvision classifier
+            "num_classes": len(labels),
+            "labels_source": user_spec.labels_source if user_spec else f"{preprocessing.source} (torchvision)",
             "lane": lane,
             "exporter": exporter,
             "opset": opset,
             "ir_version": proto.ir_version,
             "batch_axis": batch_symbol,
             "input": {"name": INPUT_NAME, "shape": [batch_symbol, 3, INPUT_SIZE, INPUT_SIZE], "dtype": "float32"},
-            "output": {"name": OUTPUT_NAME, "shape": [batch_symbol, NUM_CLASSES], "dtype": "float32"},
+            "output": {"name": OUTPUT_NAME, "shape": [batch_symbol, len(labels)], "dtype": "float32"},
             "weights": source.source,
             "seed": source.seed,
             "weights_sha256": source.sha256,
@@ -235,7 +278,14 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         default=DEFAULT_MODEL,
         help="a torchvision ImageNet classifier whose weights crop to 224, e.g. mobilenet_v3_small "
-        f"(default {DEFAULT_MODEL})",
+        f"(default {DEFAULT_MODEL}); or your own: package.module:factory, a function returning the nn.Module "
+        "(importable: on PYTHONPATH), with --spec",
+    )
+    parser.add_argument(
+        "--spec",
+        type=Path,
+        help="your own model's preprocessing and labels, a TOML file: name, resize, crop, interpolation, mean, std, "
+        "labels (README: your own model)",
     )
     parser.add_argument(
         "--weights",
@@ -255,8 +305,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        export(args.lane, args.exporter, args.opset, args.out, args.weights, args.seed, args.atol, args.model)
-    except (ModelError, WeightsError, ExportError) as exc:
+        export(
+            args.lane, args.exporter, args.opset, args.out, args.weights, args.seed, args.atol, args.model, args.spec
+        )
+    except (ModelError, WeightsError, ExportError, SpecError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

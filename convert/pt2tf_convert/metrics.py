@@ -37,6 +37,11 @@ ROUNDING_FACTOR = 4.0
 MIN_DISTINCT_TOP1 = 12
 
 
+def distinct_top1_needed(num_classes: int) -> int:
+    """MIN_DISTINCT_TOP1, or half the classes of a model with fewer than 24 (a user's 10-class model cannot give 12)."""
+    return min(MIN_DISTINCT_TOP1, max(2, num_classes // 2))
+
+
 def discrimination(logits: np.ndarray) -> dict:
     """Per input, the top-1 class and its margin (top-1 minus top-2 logit); the distinct-class count."""
     logits = logits.astype(np.float64)

@@ -117,24 +117,24 @@ class Weights:
         return f"{self.source} (sha256 {self.sha256})"
 
 
-def classifier_layer(model: nn.Module) -> nn.Linear:
-    """The model's last `Linear` with 1000 outputs: the classifier whose input the calibration whitens."""
-    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == NUM_CLASSES]
+def classifier_layer(model: nn.Module, num_classes: int = NUM_CLASSES) -> nn.Linear:
+    """The model's last `Linear` with `num_classes` outputs: the classifier whose input the calibration whitens."""
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
     if not found:
         raise ModelError(
-            f"{type(model).__name__} has no Linear layer with {NUM_CLASSES} outputs, so its seeded classifier "
+            f"{type(model).__name__} has no Linear layer with {num_classes} outputs, so its seeded classifier "
             "cannot be calibrated; export it with --weights (torchvision's name or a state_dict file)"
         )
     return found[-1]
 
 
-def _penultimate(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, nn.Linear]:
+def _penultimate(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, nn.Linear]:
     """The classifier layer's input features for `inputs` in float64, and the layer.
 
     Checked to be the model's last step: its output must be the model's output, or whitening
     its input would not set the logits.
     """
-    layer = classifier_layer(model)
+    layer = classifier_layer(model, num_classes)
     seen: dict[str, torch.Tensor] = {}
     hook = layer.register_forward_hook(lambda _m, args, out: seen.update(features=args[0], logits=out))
     try:
@@ -144,13 +144,19 @@ def _penultimate(model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, 
         hook.remove()
     if not torch.equal(seen["logits"], logits):
         raise ModelError(
-            f"{type(model).__name__}'s last {NUM_CLASSES}-output Linear is not its final step (something follows "
+            f"{type(model).__name__}'s last {num_classes}-output Linear is not its final step (something follows "
             "it), so its seeded classifier cannot be calibrated; export it with --weights"
         )
     return torch.flatten(seen["features"], 1).double(), layer
 
 
-def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std: float = CALIBRATED_LOGIT_STD) -> dict:
+def calibrate_classifier(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    logit_std: float = CALIBRATED_LOGIT_STD,
+    num_classes: int = NUM_CLASSES,
+    distinct: int = MIN_DISTINCT_TOP1,
+) -> dict:
     """Fold a whitening of the penultimate features, measured on `inputs`, into the classifier layer.
 
     A randomly initialised classifier network gives every input nearly the same answer: in
@@ -168,9 +174,10 @@ def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std
     weakest direction is 250× weaker than its strongest, which made ONNX Runtime and PyTorch
     differ by 7e-5. So no direction is scaled up by more than 20 times the strongest direction's
     gain (ResNet18's ratio is 13: its calibration is plain whitening), or 40, 80, unbounded when the
-    answers would otherwise vary too little (MobileNetV3-Large: 11 distinct classes at 20, 13 at 40).
+    answers would otherwise vary too little (MobileNetV3-Large: 11 distinct classes at 20, 13 at 40): fewer than
+    `distinct` top-1 classes among the inputs.
     """
-    features, layer = _penultimate(model, inputs)
+    features, layer = _penultimate(model, inputs, num_classes)
     mean = features.mean(dim=0)
     _, singular, right = torch.linalg.svd(features - mean, full_matrices=False)
     rank = int((singular > singular[0] * 1e-6).sum())
@@ -180,14 +187,14 @@ def calibrate_classifier(model: torch.nn.Module, inputs: torch.Tensor, logit_std
         scale = sigma if gain is None else torch.maximum(sigma, sigma[0] / gain)
         weight = layer.weight.detach().double() @ (basis / scale) @ basis.T
         logits = (features - mean) @ weight.T
-        if len(set(logits.argmax(dim=1).tolist())) >= MIN_DISTINCT_TOP1:
+        if len(set(logits.argmax(dim=1).tolist())) >= distinct:
             break
     spread = logits.std()
     weight = weight * (logit_std / spread)
     with torch.no_grad():
         layer.weight.copy_(weight.float())
         if layer.bias is None:
-            layer.bias = nn.Parameter(torch.zeros(NUM_CLASSES))
+            layer.bias = nn.Parameter(torch.zeros(num_classes))
         layer.bias.copy_((-(weight @ mean)).float())
     return {
         "method": "penultimate-feature PCA whitening folded into the classifier layer",
@@ -220,6 +227,18 @@ def seeded_model(model: str = DEFAULT_MODEL, seed: int = 0) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     network = get_model(check_model_name(model), weights=None)
+    seed_normalization(network, generator)
+    with torch.no_grad():
+        classifier = classifier_layer(network)
+        if not classifier.weight.any():
+            # ViT initialises its head to zeros: every logit would be 0 whatever the features.
+            classifier.weight.normal_(0.0, 0.01, generator=generator)
+    return network.eval()
+
+
+def seed_normalization(network: nn.Module, generator: torch.Generator) -> None:
+    """Every normalization layer's scale and shift at random, BatchNorm's statistics measured then moved (see
+    `seeded_model`); the network is left in eval mode."""
     norms = [m for m in network.modules() if isinstance(m, _NORMS) and getattr(m, "weight", None) is not None]
     batchnorms = [m for m in norms if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
@@ -240,11 +259,7 @@ def seeded_model(model: str = DEFAULT_MODEL, seed: int = 0) -> nn.Module:
             std = bn.running_var.sqrt()
             bn.running_mean.add_(torch.empty_like(std).normal_(0.0, 0.3, generator=generator) * std)
             bn.running_var.mul_(torch.empty_like(std).uniform_(0.5, 2.0, generator=generator))
-        classifier = classifier_layer(network)
-        if not classifier.weight.any():
-            # ViT initialises its head to zeros: every logit would be 0 whatever the features.
-            classifier.weight.normal_(0.0, 0.01, generator=generator)
-    return network.eval()
+    network.eval()
 
 
 def torchvision_weights(name: str, model: str = DEFAULT_MODEL) -> WeightsEnum:

@@ -14,6 +14,7 @@ DEFAULT_MODEL = "resnet18"
 INPUT_SIZE = 224
 NUM_CLASSES = 1000
 INTERPOLATIONS = ("bilinear", "bicubic")
+TOP_K = 5  # predict_images answers each image's top 5 classes: a model needs at least 5
 
 
 @dataclass(frozen=True)

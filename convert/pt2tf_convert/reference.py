@@ -8,6 +8,7 @@ can check in-graph preprocessing against the PyTorch pipeline without importing 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,14 +47,19 @@ def photo_dir() -> Path:
     return Path(skimage.__file__).parent / "data"
 
 
-def torchvision_preprocess(data: bytes, weights: WeightsEnum = ResNet18_Weights.IMAGENET1K_V1) -> torch.Tensor:
-    """torchvision's own inference transform of `weights` on an encoded image: [3, 224, 224]."""
+def torchvision_preprocess(
+    data: bytes, weights: WeightsEnum = ResNet18_Weights.IMAGENET1K_V1, transform: Callable | None = None
+) -> torch.Tensor:
+    """torchvision's own inference transform of `weights` (or `transform`) on an encoded image: [3, 224, 224]."""
     image = Image.open(io.BytesIO(data)).convert("RGB")
-    return weights.transforms()(image)
+    return (transform or weights.transforms())(image)
 
 
-def reference_inputs(seed: int = 0, weights: WeightsEnum = ResNet18_Weights.IMAGENET1K_V1) -> ReferenceInputs:
-    """Seeded random tensors followed by the photos, preprocessed as `weights` specify."""
+def reference_inputs(
+    seed: int = 0, weights: WeightsEnum = ResNet18_Weights.IMAGENET1K_V1, transform: Callable | None = None
+) -> ReferenceInputs:
+    """Seeded random tensors followed by the photos, preprocessed as `weights` specify (or `transform`, a user's
+    model's spec as torchvision's transform)."""
     generator = torch.Generator().manual_seed(seed + 1)
     random = torch.randn(RANDOM_COUNT, 3, INPUT_SIZE, INPUT_SIZE, generator=generator)
     photo_bytes = []
@@ -62,7 +68,7 @@ def reference_inputs(seed: int = 0, weights: WeightsEnum = ResNet18_Weights.IMAG
         if not path.is_file():
             raise FileNotFoundError(f"{path}: scikit-image's bundled photo is missing; reinstall the export env")
         photo_bytes.append(path.read_bytes())
-    photos = torch.stack([torchvision_preprocess(data, weights) for data in photo_bytes])
+    photos = torch.stack([torchvision_preprocess(data, weights, transform) for data in photo_bytes])
     return ReferenceInputs(
         names=[f"random-{i}" for i in range(RANDOM_COUNT)] + [n.rsplit(".", 1)[0] for n in PHOTOS],
         kinds=["random"] * RANDOM_COUNT + ["photo"] * len(PHOTOS),

@@ -29,6 +29,27 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def served_model(artifacts: Path | None, models: Path | None) -> str:
+    """The model a lane's later stages (serve check, load test, rollout) work on: the one its export holds
+    (artifacts/export.json), else the only model in its repository; an error saying what to pass otherwise."""
+    from .preprocessing import exported_model
+
+    export = artifacts / "export.json" if artifacts is not None else None
+    if export is not None and export.is_file():
+        return exported_model(json.loads(export.read_text()))[0]
+    held = sorted(p.name for p in models.iterdir() if versions(p)) if models is not None and models.is_dir() else []
+    if len(held) == 1:
+        return held[0]
+    where = f"no export.json in {artifacts}" if artifacts is not None else "no export given"
+    if held:
+        raise RepositoryError(f"{where}, and {models} holds several models ({', '.join(held)}): pass --model NAME")
+    if models is None:
+        raise RepositoryError(f"{where}: run the export stage, or pass the served model's name (--model NAME)")
+    raise RepositoryError(
+        f"{where}, and no model version in {models}: run the export and convert stages, or pass --model NAME"
+    )
+
+
 def resolve_version(model_dir: Path, version: int | None) -> Path:
     """The directory of `version` (default: the newest); exits with what is missing when it is not there."""
     found = versions(model_dir)

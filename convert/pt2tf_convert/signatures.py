@@ -1,9 +1,9 @@
 """The serving contract every lane's SavedModel exports, whatever its converter did inside.
 
 - `serving_default`: input `input` float32 [batch, 3, 224, 224] (NCHW, normalized as for
-  the PyTorch model) → output `output` float32 [batch, 1000] logits.
+  the PyTorch model) → output `output` float32 [batch, classes] logits (1000 for torchvision's classifiers).
 - `predict_images`: input `image_bytes` string [batch] of JPEG/PNG → `probabilities`
-  [batch, 1000], `classes` int32 [batch, 5], `labels` string [batch, 5], `scores` [batch, 5],
+  [batch, classes], `classes` int32 [batch, 5], `labels` string [batch, 5], `scores` [batch, 5],
   and `weights` string [batch]: which weights the answer comes from ("seeded weights: labels
   are not ImageNet predictions ..." or the weights' name and sha256), so no answer is taken
   for what it is not. The model's torchvision preprocessing (its weights' resize, crop,
@@ -19,30 +19,37 @@ from typing import Any
 
 import tensorflow as tf
 
-from .preprocessing import INPUT_SIZE, NUM_CLASSES, RESNET18, Preprocessing
+from .preprocessing import INPUT_SIZE, NUM_CLASSES, RESNET18, TOP_K, Preprocessing
 
 SERVING_DEFAULT = "serving_default"
 PREDICT_IMAGES = "predict_images"
-TOP_K = 5
 CROP = INPUT_SIZE
 
-# signature → ("inputs" | "outputs") → name → (dtype, shape); None is the batch axis.
-CONTRACT: dict[str, dict[str, dict[str, tuple[str, tuple[int | None, ...]]]]] = {
-    SERVING_DEFAULT: {
-        "inputs": {"input": ("float32", (None, 3, CROP, CROP))},
-        "outputs": {"output": ("float32", (None, NUM_CLASSES))},
-    },
-    PREDICT_IMAGES: {
-        "inputs": {"image_bytes": ("string", (None,))},
-        "outputs": {
-            "probabilities": ("float32", (None, NUM_CLASSES)),
-            "classes": ("int32", (None, TOP_K)),
-            "labels": ("string", (None, TOP_K)),
-            "scores": ("float32", (None, TOP_K)),
-            "weights": ("string", (None,)),
+Contract = dict[str, dict[str, dict[str, tuple[str, tuple[int | None, ...]]]]]
+
+
+def contract(num_classes: int = NUM_CLASSES) -> Contract:
+    """signature → ("inputs" | "outputs") → name → (dtype, shape); None is the batch axis. A user's model answers
+    its own class count (ImageNet's 1000 for torchvision's)."""
+    return {
+        SERVING_DEFAULT: {
+            "inputs": {"input": ("float32", (None, 3, CROP, CROP))},
+            "outputs": {"output": ("float32", (None, num_classes))},
         },
-    },
-}
+        PREDICT_IMAGES: {
+            "inputs": {"image_bytes": ("string", (None,))},
+            "outputs": {
+                "probabilities": ("float32", (None, num_classes)),
+                "classes": ("int32", (None, TOP_K)),
+                "labels": ("string", (None, TOP_K)),
+                "scores": ("float32", (None, TOP_K)),
+                "weights": ("string", (None,)),
+            },
+        },
+    }
+
+
+CONTRACT = contract()
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ class ConvertedModel:
     wrapper saves only the traced graph and the variables in about a second.
     """
 
-    call: Callable[[tf.Tensor], tf.Tensor]  # a batch in `layout` → logits [batch, 1000]
+    call: Callable[[tf.Tensor], tf.Tensor]  # a batch in `layout` → logits [batch, classes]
     trackable: Any  # what owns the variables (a loaded SavedModel, or a list of variables)
     layout: str  # "NCHW" or "NHWC": the layout the converted graph's input expects
 
@@ -160,13 +167,15 @@ def _describe(spec: tf.TensorSpec) -> tuple[str, tuple[int | None, ...]]:
     return spec.dtype.name, tuple(spec.shape.as_list())
 
 
-def contract_problems(loaded: Any) -> list[str]:
-    """Every difference between a loaded SavedModel's signatures and CONTRACT; empty when exact."""
+def contract_problems(loaded: Any, num_classes: int = NUM_CLASSES) -> list[str]:
+    """Every difference between a loaded SavedModel's signatures and the contract for `num_classes`; empty when
+    exact."""
+    wanted = contract(num_classes)
     problems = []
     names = set(loaded.signatures.keys())
-    if names != set(CONTRACT):
-        problems.append(f"signatures are {sorted(names)}, the contract has {sorted(CONTRACT)}")
-    for name in sorted(names & set(CONTRACT)):
+    if names != set(wanted):
+        problems.append(f"signatures are {sorted(names)}, the contract has {sorted(wanted)}")
+    for name in sorted(names & set(wanted)):
         function = loaded.signatures[name]
         _, kwargs = function.structured_input_signature
         found = {
@@ -174,7 +183,7 @@ def contract_problems(loaded: Any) -> list[str]:
             "outputs": {key: _describe(spec) for key, spec in function.structured_outputs.items()},
         }
         for side in ("inputs", "outputs"):
-            want, have = CONTRACT[name][side], found[side]
+            want, have = wanted[name][side], found[side]
             if set(want) != set(have):
                 problems.append(f"{name} {side} are {sorted(have)}, the contract has {sorted(want)}")
             for key in sorted(set(want) & set(have)):

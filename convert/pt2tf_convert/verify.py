@@ -16,14 +16,14 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .artifacts import ArtifactsError, check_exported_model, load_reference, photo_bytes, read_export
-from .metrics import MIN_DISTINCT_TOP1, ROUNDING_FACTOR, compare, discrimination
+from .metrics import MIN_DISTINCT_TOP1, ROUNDING_FACTOR, compare, discrimination, distinct_top1_needed
 from .preprocessing import Preprocessing, exported_model
 from .progress import step
 from .repository import read_manifest, resolve_version
@@ -31,6 +31,9 @@ from .runtimes import onnxruntime_session, run_onnxruntime, run_serving
 
 BATCH_SIZES = (1, 3, 8)
 PAIRS = (("pytorch", "onnxruntime"), ("pytorch", "savedmodel"), ("onnxruntime", "savedmodel"))
+
+
+IMAGENET_STD = (0.229, 0.224, 0.225)  # the std the preprocessing bounds are stated for
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Thresholds:
     # 0.0024 when the graph resized in one pass, 0.0006 (bilinear) and 0.00004 (bicubic) in
     # PIL's two. Bounds: twice the one-pass measurement, and no top-1 change.
     preprocess_mean_abs: float = 0.005
-    preprocess_max_abs: float = 2 / 255 / min(0.229, 0.224, 0.225)
+    preprocess_max_abs: float = 2 / 255 / min(IMAGENET_STD)
     preprocess_min_top1: float = 1.0
     # Seeded weights must answer the reference inputs with this many distinct top-1 classes,
     # or agreement on them proves little; with a user's weights a smaller count is a warning.
@@ -227,7 +230,8 @@ def _plot(path: Path, errors: dict[str, np.ndarray], title: str, threshold: floa
     ax.axvline(threshold, color="crimson", linestyle="--", label=f"threshold {threshold:.0e}")
     ax.set_xscale("log")
     ax.set_xlabel("|logit − PyTorch logit| (values below 1e-12 shown at 1e-12)")
-    ax.set_ylabel("count (16 inputs × 1000 logits)")
+    inputs, classes = next(iter(errors.values())).shape
+    ax.set_ylabel(f"count ({inputs} inputs × {classes} logits)")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
@@ -343,7 +347,7 @@ def verify(
     with step(f"predict_images preprocessing vs torchvision ({spec.describe()})"):
         preprocessing = run_preprocessing(loaded, ref, spec)
     with step("signatures and warmup records"):
-        problems = contract_problems(loaded)
+        problems = contract_problems(loaded, len(ref["labels"]))
         cli = subprocess.run(
             [str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir", str(saved_model), "--all"],
             capture_output=True,
@@ -370,6 +374,16 @@ def verify(
         "contract_problems": problems,
         "warmup": warmup,
     }
+    # A user's model with few classes cannot give MIN_DISTINCT_TOP1 distinct answers: half its classes will do. Grey
+    # levels are bounded in normalized units: a spec with a smaller std than ImageNet's makes one level larger.
+    grey = min(IMAGENET_STD) / min(spec.std)
+    limits = replace(
+        limits,
+        min_distinct_top1=min(limits.min_distinct_top1, distinct_top1_needed(len(ref["labels"]))),
+        preprocess_max_abs=limits.preprocess_max_abs * max(1.0, grey),
+        preprocess_mean_abs=limits.preprocess_mean_abs * max(1.0, grey),
+    )
+    report["thresholds"] = asdict(limits)
     failed = failures(report, limits)
     report["warnings"] = warnings_for(report, limits)
     report["failures"] = failed

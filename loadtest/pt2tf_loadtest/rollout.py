@@ -45,7 +45,7 @@ from pathlib import Path
 import gevent
 import grpc
 from google.protobuf import text_format
-from pt2tf_convert.repository import versions
+from pt2tf_convert.repository import RepositoryError, served_model, versions
 from pt2tf_serve.process import config_copy
 from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidate", type=int, required=True, help="the model version to roll out")
     parser.add_argument("--stable", type=int, help="the version serving now (default: the config's `stable` "
                         "label, or the newest version below the candidate)")  # fmt: skip
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", help="the served model (default: the export's, named in its export.json)")
     where = parser.add_argument_group("the server")
     where.add_argument("--grpc", help="gRPC HOST:PORT of a running TF Serving")
     where.add_argument("--rest", help="its REST base URL")
@@ -369,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the embedded server needs --serve-python (the lane env's python)")
     if not 0 <= args.canary_share <= 1:
         parser.error("--canary-share is between 0 and 1")
-    TARGET.model = args.model
+    try:
+        TARGET.model = args.model = args.model or served_model(args.artifacts, args.models)
+    except RepositoryError as exc:
+        parser.error(str(exc))
     TARGET.inputs = load_inputs(args.artifacts)
     record = Record()
     folder = Path(tempfile.mkdtemp(prefix="pt2tf-rollout-"))
@@ -430,7 +433,7 @@ def _stable_version(args, managed: bool, found: list[int]) -> int:
 
 def _managed(args, folder: Path, record: Record) -> int:
     """The embedded server on the repository, serving `stable` only, with the config the rollout rewrites."""
-    config = config_copy(folder / "config")
+    config = config_copy(folder / "config", model=args.model)
     models_config = config / "models.config"
     base = read_config(models_config)
     models_config.write_text(text_format.MessageToString(with_versions(base, args.model, [args.stable],

@@ -33,6 +33,7 @@ from pathlib import Path
 import gevent
 import psutil
 from locust.env import Environment
+from pt2tf_convert.repository import RepositoryError, served_model
 from pt2tf_serve.bench import cpu_model
 from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, REQUEST_COUNT, fetch_page
 from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags, server_env
@@ -336,7 +337,8 @@ class ManagedServer:
         config: Path | None = None,
     ):
         folder = Path(tempfile.mkdtemp(prefix="pt2tf-loadtest-"))
-        config = config or config_copy(folder / "config")  # a caller's config folder stays the caller's
+        # A caller's config folder stays the caller's; docker/config's serves the model the users send to.
+        config = config or config_copy(folder / "config", model=TARGET.model or None)
         if specific_versions:
             text = (config / "models.config").read_text()
             versions = " ".join(f"versions: {v}" for v in specific_versions)
@@ -508,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--current", help="model version or label in production (with --candidate)")
     parser.add_argument("--candidate", help="model version or label to roll out")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the candidate comparison")
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", help="the served model (default: the export's, named in its export.json)")
     open_loop = parser.add_argument_group("open-loop steps (after each scenario's concurrency steps)")
     open_loop.add_argument("--rates", help="comma-separated arrival rates, requests/s (one image each)")
     open_loop.add_argument("--rate-fractions", help="comma-separated fractions of the in-process capacity, "
@@ -594,7 +596,10 @@ def main(argv: list[str] | None = None) -> int:
             "--models and --serve-python to measure it (also with --rest/--grpc), or --capacity FILE, or use "
             "absolute objectives (--slo loadtest/slo-absolute.toml)"
         )
-    TARGET.model = args.model
+    try:
+        TARGET.model = args.model = args.model or served_model(args.artifacts, args.models)
+    except RepositoryError as exc:
+        parser.error(str(exc))
     TARGET.inputs = load_inputs(args.artifacts)
     capacity = None
     try:

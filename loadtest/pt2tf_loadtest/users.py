@@ -43,7 +43,7 @@ class Target:
     """What every user sends to: set by the runner, or from the locust command line."""
 
     grpc: str = ""
-    model: str = "resnet18"
+    model: str = ""  # the served model: the export's (runner, rollout) or --model-name (locustfile)
     version: int | None = None
     label: str | None = None
     inputs: Inputs | None = None

@@ -48,16 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     # None for a version converted before predict_images named its weights: its top-5 is still checked.
     stated = (weights_stated(local) or [None])[0]
 
-    from google.protobuf import text_format
-
-    from .config import load_model_config
-
-    config = config_copy(Path(tempfile.mkdtemp(prefix="pt2tf-check-")) / "config")
-    # docker/config/models.config serves resnet18: the same config (version policy and all) for this model.
-    models_config = load_model_config(config / "models.config")
-    entry = models_config.model_config_list.config[0]
-    entry.name, entry.base_path = model, f"/models/{model}"
-    (config / "models.config").write_text(text_format.MessageToString(models_config))
+    config = config_copy(Path(tempfile.mkdtemp(prefix="pt2tf-check-")) / "config", model=model)
     problems = []
     with ServerProcess(embedded_flags(config, args.models)) as server:
         print(f"embedded server up: REST {server.rest_url}, gRPC {server.grpc_target}", flush=True)

@@ -30,11 +30,28 @@ def read_flags_file(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def config_copy(folder: Path, models_config: Path | None = None, batching: str | None = None) -> Path:
-    """A copy of docker/config/ in `folder`, with another models.config or batching parameters if given."""
+def config_copy(
+    folder: Path, models_config: Path | None = None, batching: str | None = None, model: str | None = None
+) -> Path:
+    """A copy of docker/config/ in `folder`, with another models.config or batching parameters if given.
+
+    `model` renames the one model docker/config/models.config serves (resnet18) to `model`, base path
+    /models/<model>, its version policy and all kept: the same config for another exported model.
+    """
     shutil.copytree(DOCKER_CONFIG, folder)
     if models_config is not None:
         shutil.copy(models_config, folder / "models.config")
+    if model is not None:
+        from google.protobuf import text_format
+
+        from .config import load_model_config
+
+        config = load_model_config(folder / "models.config")
+        if len(config.model_config_list.config) != 1:
+            raise ValueError(f"{folder / 'models.config'} serves several models: name the one to serve in it")
+        entry = config.model_config_list.config[0]
+        entry.name, entry.base_path = model, f"/models/{model}"
+        (folder / "models.config").write_text(text_format.MessageToString(config))
     if batching is not None:
         (folder / "batching.config").write_text(batching)
     return folder
