@@ -379,6 +379,8 @@ def test_mobilenet_v3_small_exports_with_its_preprocessing_labels_and_varied_ans
 
 
 def test_resnet18_rounds_least_and_still_meets_1e5(exported):
+    # Its float32 rounding depends on PyTorch's kernels on this CPU (4.4e-6 on the AVX-512 EPYC of family 26, 6.6e-6
+    # on Sapphire Rapids), and stays under the project's 1e-5, where MobileNetV3's is above it on every kind met.
     _, _, _, manifest = exported
-    assert manifest["pytorch_float32_rounding"] < 5e-6
+    assert manifest["pytorch_float32_rounding"] < 1e-5
     assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= 1e-5
