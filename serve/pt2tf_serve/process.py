@@ -130,6 +130,37 @@ class Spawned:
             os.kill(self.pid, signum)
 
 
+def run_spawned(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(argv, capture_output=True, text=True, timeout=...) by posix_spawn, for a process that has
+    used gRPC (see Spawned): a fork there can abort the child before it execs (exit -6, "epoll_wait error").
+    The child gets its own process group, killed whole on timeout (TimeoutExpired, as subprocess.run)."""
+    program = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+    if program is None:
+        raise FileNotFoundError(f"{argv[0]}: not found on PATH")
+    with tempfile.TemporaryDirectory(prefix="pt2tf-run-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, str(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+            (os.POSIX_SPAWN_OPEN, 2, str(err), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+        ]
+        pid = os.posix_spawn(program, argv, dict(os.environ if env is None else env), file_actions=actions,
+                             setsid=True)  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired(argv, timeout)
+            time.sleep(0.01)
+        code = os.waitstatus_to_exitcode(status)
+        read = lambda path: path.read_text(errors="replace")  # noqa: E731
+        return subprocess.CompletedProcess(argv, code, read(out), read(err))
+
+
 class ServerProcess:
     """`with ServerProcess(flags) as server:` — started, ready, and stopped (SIGTERM, then SIGKILL) on exit."""
 
