@@ -87,3 +87,40 @@ def test_another_models_name_is_refused_naming_the_export(arch_artifacts):
     with pytest.raises(ArtifactsError, match=f"holds an export of {ARCHITECTURE}; export resnet18 first"):
         check_exported_model(arch_artifacts, "resnet18")
     check_exported_model(arch_artifacts, ARCHITECTURE)
+
+
+# The ops optimize() rewrites (transposes sunk and cancelled, Pad folded into the convolution, Add → BiasAdd) or
+# folds as constants and shape arithmetic once frozen; every other op is one it must leave as it found it.
+REWRITTEN_OPS = {"Transpose", "Pad", "PadV2", "MirrorPad", "Add", "AddV2", "BiasAdd", "Const", "Identity"}
+
+
+def test_the_graph_rewrites_keep_parity_and_leave_what_they_do_not_rewrite(lane, arch_artifacts, tmp_path):
+    """optimize() on a non-ResNet graph: the same answers as the converter's graph against ONNX Runtime, no more
+    transposes than before, and every op it has no rewrite for kept, count for count."""
+    from pt2tf_convert.backends import load_backend
+    from pt2tf_convert.metrics import compare
+    from pt2tf_convert.onnx_rewrite import prepare
+    from pt2tf_convert.optimize import optimize
+    from pt2tf_convert.runtimes import onnxruntime_session, run_onnxruntime
+    from pt2tf_convert.support import check_supported
+
+    backend = load_backend(lane.converter)
+    onnx_path = arch_artifacts / "model.onnx"
+    prepared, _ = prepare(check_supported(onnx_path, lane.name, backend))
+    converted = backend.convert(prepared, onnx_path, tmp_path)
+    optimized, rewrite = optimize(converted)
+    ref = load_reference(arch_artifacts)
+    inputs = ref["inputs"] if converted.layout == "NCHW" else ref["inputs"].transpose(0, 2, 3, 1)
+    before = np.concatenate([converted.call(tf.constant(c)).numpy() for c in np.split(inputs, 4)])
+    after = np.concatenate([optimized.call(tf.constant(c)).numpy() for c in np.split(inputs, 4)])
+    ort = run_onnxruntime(onnxruntime_session(onnx_path), ref["inputs"], 8)
+    rounding = json.loads((arch_artifacts / "export.json").read_text())["pytorch_float32_rounding"]
+    parity_before, parity_after = compare(ort, before), compare(ort, after)
+    # Parity unchanged: the rewrites reorder float sums at most, an error of the model's own rounding's size.
+    assert abs(parity_after["max_abs"] - parity_before["max_abs"]) <= rounding, (parity_before, parity_after)
+    assert compare(before, after)["max_abs"] <= ROUNDING_FACTOR * rounding
+    assert parity_after["top1_agreement"] == parity_before["top1_agreement"] == 1.0
+    transposes = rewrite.ops_before.get("Transpose", 0), rewrite.ops_after.get("Transpose", 0)
+    assert transposes[0] >= transposes[1], f"transposes {transposes[0]} → {transposes[1]}"
+    kept = {op: n for op, n in rewrite.ops_before.items() if op not in REWRITTEN_OPS}
+    assert kept == {op: rewrite.ops_after.get(op, 0) for op in kept}, "an op optimize() has no rewrite for changed"
