@@ -80,7 +80,12 @@ def test_verify_passes_with_parity_and_preprocessing_measured_for_this_model(pub
     bounds = report["parity_bounds"]
     assert bounds["pytorch_float32_rounding"] > 0
     assert bounds["max_abs"] == max(Thresholds().max_abs, ROUNDING_FACTOR * bounds["pytorch_float32_rounding"])
-    assert f"mobilenet_v3_small version 1 ({ARCHITECTURE})" in (tmp_path / "parity.md").read_text()
+    markdown = (tmp_path / "parity.md").read_text()
+    assert f"mobilenet_v3_small version 1 ({ARCHITECTURE})" in markdown
+    # MobileNetV3 has no stochastic depth: no Range over the batch for the ONNX rewrite to take; the report says so.
+    assert report["rewrites"]["onnx"] == {"range_scalar_bounds": 0, "nodes": []}
+    assert "- ONNX, before the converter: 0 Range bound(s) made scalar." in markdown
+    assert report["calibration"]["grey_level_margin_ratio"] >= 4 and "Seeded classifier: own classes" in markdown
 
 
 def test_another_models_name_is_refused_naming_the_export(arch_artifacts):
