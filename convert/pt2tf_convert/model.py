@@ -176,8 +176,8 @@ def _features(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> torch
 
 
 def _margin_boost(whitened: torch.Tensor, top1: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Classifier rows [num_classes, rank] on the whitened features that raise each input's class by 1 (minus
-    1/n for each other input sharing it): the inputs' own classes only, so every input keeps its answer."""
+    """Classifier rows [num_classes, rank] on the whitened features that add 1 to input i's class on input i and
+    −1/n on every other input: only the inputs' own classes move, up on their own input, so each keeps its answer."""
     n = len(whitened)
     # u_i · z_j = δ_ij − 1/n: the centred features span n − 1 directions, so this is exact.
     duals = (torch.linalg.pinv(whitened) @ (torch.eye(n, dtype=whitened.dtype) - 1 / n)).T
