@@ -157,12 +157,16 @@ def _penultimate(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> tu
 
 
 def grey_level_perturbed(
-    inputs: torch.Tensor, std: tuple[float, ...], draws: int = GREY_LEVEL_DRAWS, share: float = GREY_LEVEL_SHARE
+    inputs: torch.Tensor,
+    std: tuple[float, ...],
+    draws: int = GREY_LEVEL_DRAWS,
+    share: float = GREY_LEVEL_SHARE,
+    seed: int = 0,
 ) -> torch.Tensor:
     """`draws` copies of each normalized input with `share` of its colour values one grey level (1/255/std) up or
     down at random: as large a difference as verify's preprocessing check admits on average. Seeded, so the
     calibration is reproducible."""
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     grey = 1 / 255 / torch.tensor(std, dtype=inputs.dtype).view(1, -1, 1, 1)
     copies = inputs.repeat(draws, 1, 1, 1)
     moved = torch.rand(copies.shape, generator=generator) < share
