@@ -84,11 +84,12 @@ def _fresh(taken: set[str], base: str) -> str:
     return name
 
 
-def _matches(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int, tuple]]:
+def _matches(graph: onnx.GraphProto) -> list[tuple[int, onnx.NodeProto, int, tuple]]:
+    """(index of the Range in graph.node, the Range, which input, the match) for each matched bound."""
     producers = {out: node for node in graph.node for out in node.output}
     return [
-        (node, position, found)
-        for node in graph.node
+        (index, node, position, found)
+        for index, node in enumerate(graph.node)
         if node.op_type == "Range" and node.domain in ("", "ai.onnx")
         for position, name in enumerate(node.input)
         if (found := _one_size_slice(graph, producers, name)) is not None
@@ -107,16 +108,18 @@ def scalar_range_bounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRe
     taken = {out for node in graph.node for out in node.output} | {i.name for i in graph.initializer}
     taken |= {i.name for i in graph.input} | {n.name for n in graph.node}
     replacements: dict[str, str] = {}  # Squeeze output → scalar Gather output
-    inserted: dict[int, list[onnx.NodeProto]] = {}  # by id of the Range they feed, placed before it
+    # By the index of the Range they feed, placed before it. Not by id(): protobuf's Python wrappers of
+    # graph.node's messages come and go, and a freed wrapper's id can return as another node's.
+    inserted: dict[int, list[onnx.NodeProto]] = {}
     replaced: set[str] = set()  # outputs of the matched Squeeze and Shape nodes
-    for node, position, (squeeze, shape, k) in _matches(graph):
+    for at, node, position, (squeeze, shape, k) in _matches(graph):
         old = node.input[position]
         if old not in replacements:
             index = _fresh(taken, f"{squeeze.name or old}_index")
             graph.initializer.append(numpy_helper.from_array(np.array(k, dtype=np.int64), index))
             full = _fresh(taken, f"{shape.name or old}_full")
             scalar = _fresh(taken, f"{old}_scalar")
-            inserted.setdefault(id(node), []).extend(
+            inserted.setdefault(at, []).extend(
                 [
                     helper.make_node("Shape", [shape.input[0]], [full], name=_fresh(taken, f"{full}_node")),
                     helper.make_node("Gather", [full, index], [scalar], axis=0, name=_fresh(taken, f"{scalar}_node")),
@@ -128,8 +131,8 @@ def scalar_range_bounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRe
         rewrite.range_scalar_bounds += 1
         rewrite.nodes.append(node.name or node.output[0])
     ordered = []
-    for node in graph.node:
-        ordered.extend(inserted.get(id(node), []))
+    for at, node in enumerate(graph.node):
+        ordered.extend(inserted.get(at, []))
         ordered.append(node)
     # The matched Squeeze and sliced Shape stay only if something else still reads them.
     while True:
