@@ -311,6 +311,19 @@ def test_a_constant_graph_output_stays_the_output_of_its_node():
     assert not rewrite.changed and rewritten is model and model.SerializeToString() == before
 
 
+def test_a_tensor_over_the_size_limit_stays_computed(monkeypatch):
+    """The 6×6 float mask is 144 bytes: with the limit below that, nothing is written into the file."""
+    import pt2tf_convert.onnx_rewrite as onnx_rewrite
+
+    model = _masked(FIXED_SIZES[0].values[0])
+    before = model.SerializeToString()
+    monkeypatch.setattr(onnx_rewrite, "FOLD_LIMIT_BYTES", 143)
+    rewritten, rewrite = prepare(model)
+    assert not rewrite.changed and rewritten is model and model.SerializeToString() == before
+    monkeypatch.setattr(onnx_rewrite, "FOLD_LIMIT_BYTES", 144)
+    assert prepare(model)[1].folded_tensors == ["mask"]
+
+
 def test_a_graph_with_nothing_to_fold_is_left_byte_identical():
     """A convolution of the input, with an initializer and a Constant read directly by it: nothing to fold."""
     weight = np.random.default_rng(0).normal(size=(2, 3, 3, 3)).astype(np.float32)
