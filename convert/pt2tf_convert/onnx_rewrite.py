@@ -105,11 +105,12 @@ def _fresh(taken: set[str], base: str) -> str:
     return name
 
 
-def _matches(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, int, tuple]]:
-    producers = {out: node for node in graph.node for out in node.output}
+def _matches(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[tuple[int, onnx.NodeProto, int, tuple]]:
+    """(index in `nodes`, Range node, input position, what _one_size_slice found) for each matching bound."""
+    producers = {out: node for node in nodes for out in node.output}
     return [
-        (node, position, found)
-        for node in graph.node
+        (i, node, position, found)
+        for i, node in enumerate(nodes)
         if node.op_type == "Range" and node.domain in ("", "ai.onnx")
         for position, name in enumerate(node.input)
         if (found := _one_size_slice(graph, producers, name)) is not None
@@ -120,24 +121,26 @@ def scalar_range_bounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRe
     """A copy of `model` in which each Range bound of the form Squeeze(Shape(x, start=k, end=k+1)) is
     Gather(Shape(x), k) with a scalar index; `model` itself, untouched, when no Range has such a bound."""
     rewrite = OnnxRewrite()
-    if not _matches(model.graph):
+    if not _matches(model.graph, list(model.graph.node)):
         return model, rewrite
     result = onnx.ModelProto()
     result.CopyFrom(model)
     graph = result.graph
+    # One list of the nodes, used throughout: a fresh iteration of the repeated field may give other Python objects.
+    nodes = list(graph.node)
     taken = {out for node in graph.node for out in node.output} | {i.name for i in graph.initializer}
     taken |= {i.name for i in graph.input} | {n.name for n in graph.node}
     replacements: dict[str, str] = {}  # Squeeze output → scalar Gather output
-    inserted: dict[int, list[onnx.NodeProto]] = {}  # by id of the Range they feed, placed before it
+    inserted: dict[int, list[onnx.NodeProto]] = {}  # by index of the Range they feed, placed before it
     replaced: set[str] = set()  # outputs of the matched Squeeze and Shape nodes
-    for node, position, (squeeze, shape, k) in _matches(graph):
+    for at, node, position, (squeeze, shape, k) in _matches(graph, nodes):
         old = node.input[position]
         if old not in replacements:
             index = _fresh(taken, f"{squeeze.name or old}_index")
             graph.initializer.append(numpy_helper.from_array(np.array(k, dtype=np.int64), index))
             full = _fresh(taken, f"{shape.name or old}_full")
             scalar = _fresh(taken, f"{old}_scalar")
-            inserted.setdefault(id(node), []).extend(
+            inserted.setdefault(at, []).extend(
                 [
                     helper.make_node("Shape", [shape.input[0]], [full], name=_fresh(taken, f"{full}_node")),
                     helper.make_node("Gather", [full, index], [scalar], axis=0, name=_fresh(taken, f"{scalar}_node")),
@@ -149,8 +152,8 @@ def scalar_range_bounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRe
         rewrite.range_scalar_bounds += 1
         rewrite.nodes.append(node.name or node.output[0])
     ordered = []
-    for node in graph.node:
-        ordered.extend(inserted.get(id(node), []))
+    for at, node in enumerate(nodes):
+        ordered.extend(inserted.get(at, []))
         ordered.append(node)
     # The matched Squeeze and sliced Shape stay only if something else still reads them.
     while True:
@@ -211,30 +214,36 @@ def _static_sizes(shape: onnx.TensorShapeProto | None, node: onnx.NodeProto) -> 
 
 
 def _constant_cone(
-    graph: onnx.GraphProto, shapes: dict[str, onnx.TensorShapeProto]
-) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
-    """The nodes, in graph order, whose outputs depend only on initializers, Constant nodes and fixed sizes; and the
-    value of each Shape among them that reads a tensor computed from the input."""
+    graph: onnx.GraphProto, nodes: list[onnx.NodeProto], shapes: dict[str, onnx.TensorShapeProto]
+) -> tuple[list[onnx.NodeProto], dict[str, np.ndarray], set[str]]:
+    """The nodes, in graph order, whose outputs depend only on initializers, Constant nodes and fixed sizes; the
+    value of each Shape among them that reads a tensor computed from the input; and the names that are a stored
+    value as it is (an initializer, a Constant, an Identity of one)."""
     overridable = {i.name for i in graph.input}  # an initializer that is also a graph input is only its default
     known = {i.name for i in graph.initializer} - overridable | {""}  # "" is an omitted optional input
+    stored = set(known)
     cone, sizes = [], {}
-    for node in graph.node:
+    for node in nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDED or _subgraphs(node):
             continue
         if node.op_type == "Constant":
             known.update(node.output)
+            stored.update(node.output)
         elif all(name in known for name in node.input):
             cone.append(node)
             known.update(node.output)
+            if node.op_type == "Identity" and node.input[0] in stored:
+                stored.update(node.output)
         elif node.op_type == "Shape" and (value := _static_sizes(shapes.get(node.input[0]), node)) is not None:
             cone.append(node)
             sizes[node.output[0]] = value
             known.update(node.output)
-    return cone, sizes
+    return cone, sizes, stored
 
 
 def _evaluate(
     model: onnx.ModelProto,
+    nodes: list[onnx.NodeProto],
     cone: list[onnx.NodeProto],
     sizes: dict[str, np.ndarray],
     types: dict[str, int],
@@ -243,8 +252,7 @@ def _evaluate(
     """The values of `wanted` (outputs of `cone`), computed by ONNX Runtime from the nodes they need."""
     import onnxruntime
 
-    graph = model.graph
-    producers = {out: node for node in graph.node if node.op_type == "Constant" for out in node.output}
+    producers = {out: node for node in nodes if node.op_type == "Constant" for out in node.output}
     producers |= {out: node for node in cone for out in node.output}
     needed, todo = set(), [name for name in wanted if name not in sizes]
     while todo:
@@ -256,13 +264,13 @@ def _evaluate(
     computed = [name for name in wanted if name not in sizes]
     if not computed:
         return values
-    nodes = [node for node in graph.node if id(node) in needed]
-    read = {name for node in nodes for name in node.input}
-    initializers = [i for i in graph.initializer if i.name in read]
+    needed_nodes = [node for node in nodes if id(node) in needed]
+    read = {name for node in needed_nodes for name in node.input}
+    initializers = [i for i in model.graph.initializer if i.name in read]
     initializers += [numpy_helper.from_array(value, name) for name, value in sizes.items() if name in read]
     outputs = [helper.make_tensor_value_info(name, types[name], None) for name in computed]
     sub = helper.make_model(
-        helper.make_graph(nodes, "constant_subgraphs", [], outputs, initializers),
+        helper.make_graph(needed_nodes, "constant_subgraphs", [], outputs, initializers),
         opset_imports=model.opset_import,
         ir_version=model.ir_version,
     )
@@ -272,21 +280,26 @@ def _evaluate(
     return values | dict(zip(computed, session.run(computed, {}), strict=True))
 
 
-def _foldable(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], dict, dict]:
+def _foldable(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto]
+) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto], dict, dict]:
     """(the constant cone, its nodes that a node computed from the input reads, static Shape values, dtypes)."""
     graph = model.graph
     inferred = onnx.shape_inference.infer_shapes(model).graph
     infos = [*inferred.input, *inferred.value_info, *inferred.output]
     shapes = {v.name: v.type.tensor_type.shape for v in infos if v.type.tensor_type.HasField("shape")}
     types = {v.name: v.type.tensor_type.elem_type for v in infos if v.type.tensor_type.elem_type}
-    cone, sizes = _constant_cone(graph, shapes)
+    cone, sizes, stored = _constant_cone(graph, nodes, shapes)
     in_cone = {id(node) for node in cone}
-    read = {name for node in graph.node if id(node) not in in_cone for name in _reads(node)}
+    read = {name for node in nodes if id(node) not in in_cone for name in _reads(node)}
     outputs = {o.name for o in graph.output}
     frontier = [
         node
         for node in cone
         if read.intersection(node.output)
+        # The TorchScript exporter's Identity of a shared initializer is a stored value already: folding would only
+        # write the weight twice.
+        and not stored.issuperset(node.output)
         and not outputs.intersection(node.output)  # a graph output stays a node's: converters name outputs so
         and all(types.get(name) for name in node.output if name in read)  # ONNX Runtime needs each output's type
     ]
@@ -298,12 +311,15 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite
     read by a node computed from the input, is an initializer of the same name, the nodes only it needed removed;
     `model` itself, untouched, when there is no such tensor."""
     rewrite = OnnxRewrite()
-    cone, frontier, sizes, types = _foldable(model)
+    # One list of the nodes, used throughout (nodes are told apart by id): a fresh iteration of the repeated field
+    # may give other Python objects.
+    nodes = list(model.graph.node)
+    cone, frontier, sizes, types = _foldable(model, nodes)
     if not frontier:
         return model, rewrite
-    read = {name for node in model.graph.node for name in _reads(node)}
+    read = {name for node in nodes for name in _reads(node)}
     wanted = [name for node in frontier for name in node.output if name in read]
-    values = _evaluate(model, cone, sizes, types, wanted)
+    values = _evaluate(model, nodes, cone, sizes, types, wanted)
     large = {name for name, value in values.items() if value.nbytes > FOLD_LIMIT_BYTES}
     folded = [node for node in frontier if not large.intersection(node.output)]
     if not folded:
@@ -314,12 +330,12 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite
     names = [name for node in folded for name in node.output if name in read]
     graph.initializer.extend(numpy_helper.from_array(values[name], name) for name in names)
     removed = {id(node) for node in folded}
-    kept = [node for node in model.graph.node if id(node) not in removed]
+    kept = [node for node in nodes if id(node) not in removed]
     outputs = {o.name for o in graph.output}
     # The nodes of the cone, and the Constant nodes, that nothing reads any more go, and the initializers only they
     # read; what nothing read before stays as it was.
     removable = {id(node) for node in cone}
-    removable |= {id(n) for n in model.graph.node if n.op_type == "Constant" and read.intersection(n.output)}
+    removable |= {id(n) for n in nodes if n.op_type == "Constant" and read.intersection(n.output)}
     while True:
         still_read = {name for node in kept for name in _reads(node)} | outputs
         dead = {id(n) for n in kept if id(n) in removable and not still_read.intersection(n.output)}
