@@ -241,6 +241,12 @@ def _rewrite_lines(report: dict) -> list[str]:
         count = onnx_rewrite["range_scalar_bounds"]
         nodes = f" ({', '.join(onnx_rewrite['nodes'])})" if count else ""
         lines.append(f"- ONNX, before the converter: {count} Range bound(s) made scalar{nodes}.")
+        folded = onnx_rewrite.get("folded_tensors", [])  # absent from versions converted before folding
+        if folded:
+            lines.append(
+                f"- ONNX, before the converter: {len(folded)} tensor(s) computed from constants and fixed sizes alone "
+                f"made initializers, {onnx_rewrite['folded_nodes']} node(s) removed ({', '.join(folded)})."
+            )
     if graph is not None:
         before, after = graph["ops_before"].get("Transpose", 0), graph["ops_after"].get("Transpose", 0)
         lines.append(
