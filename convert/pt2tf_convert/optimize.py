@@ -196,14 +196,18 @@ def _sink_below_reduction(graph: _Graph, node: node_def_pb2.NodeDef) -> bool:
     x, perm = source
     rank = len(perm)
     reduced = {int(a) % rank for a in np.atleast_1d(axes)}
-    moved = graph.add_const(node.name + "/axes", np.array(sorted(perm[a] for a in reduced), dtype=axes.dtype))
-    node.input[0], node.input[1] = x, moved
     if node.attr["keep_dims"].b:
         after = perm
     else:
         kept = [perm[i] for i in range(rank) if i not in reduced]
         after = tuple(sorted(kept).index(k) for k in kept)
-    if after == tuple(range(len(after))):
+    identity = after == tuple(range(len(after)))
+    if not identity and [c.name for c in graph.consumers(_split(node.input[0])[0])] != [node.name]:
+        # The full-size transpose stays for its other readers (a LayerNorm's Sub): one more, not one fewer.
+        return False
+    moved = graph.add_const(node.name + "/axes", np.array(sorted(perm[a] for a in reduced), dtype=axes.dtype))
+    node.input[0], node.input[1] = x, moved
+    if identity:
         node.attr.pop("_output_shapes", None)
         return True
     _transpose_after(graph, node, after)

@@ -468,6 +468,21 @@ def test_a_mean_over_a_transpose_reduces_first(keep_dims, transposes_left):
     np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-7)
 
 
+def test_a_mean_does_not_reduce_first_when_the_transpose_has_other_readers():
+    from pt2tf_convert.optimize import sink_transposes
+
+    def build(x):  # the full-size transpose is read by a Reshape too, which nothing sinks through
+        t = tf.transpose(x, [0, 3, 1, 2])
+        mean = tf.reduce_mean(t, axis=[1], keepdims=True)
+        return tf.concat([tf.reshape(t, [2, -1]), tf.reshape(mean, [2, -1])], axis=1)
+
+    graph_def, x, y = _nhwc_graph(build)
+    rewritten, _, _ = sink_transposes(graph_def, [y])
+    assert [n.op for n in rewritten.node].count("Transpose") == 1, "the reduction kept its input; no transpose added"
+    value = np.random.default_rng(4).normal(size=(2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-6)
+
+
 def test_every_residual_add_has_operands_the_remapper_can_prove_the_same_shape(published):
     """Grappler's remapper fuses Add+Relu into the convolution only for operands of provably equal shapes.
 
