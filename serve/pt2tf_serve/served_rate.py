@@ -1,0 +1,119 @@
+"""Served gRPC throughput of one model at C concurrent callers, as one figure: `nox -s models` runs it per cell.
+
+    python -m pt2tf_serve.served_rate --models models/onnx2tf --model mobilenet_v3_small \\
+        --artifacts artifacts/onnx2tf --callers 16 --out served.json
+
+Starts the embedded server on free loopback ports with docker/config's flags and config files (batching on),
+serving `--model` from `--models`, then C threads call gRPC Predict on `serving_default` back to back, one
+reference image per request (pt2tf_serve.bench's Load: warm-up discarded, then a measured window). The server
+is stopped when the measurement ends, fails or is interrupted (SIGTERM included). A failed request fails the
+run: a throughput with errors in it is not the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from .process import ServerProcess, config_copy, embedded_flags
+
+
+class ServedRateError(RuntimeError):
+    """The server did not start, or requests failed under load."""
+
+
+def _stop_on_sigterm() -> None:
+    """A SIGTERM (a timeout of whoever started us) unwinds like Ctrl-C, so the server is stopped on the way out."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def measure(models: Path, model: str, artifacts: Path, callers: int, warmup: float, seconds: float) -> dict:
+    """Serve `models`, load it with `callers` gRPC callers, stop the server; the figure and the mean batch."""
+    import grpc
+    import tensorflow as tf
+    from pt2tf_convert.artifacts import load_reference
+    from pt2tf_convert.repository import versions
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from .bench import Load, _batch_totals
+
+    if not versions(models / model):
+        raise ServedRateError(f"no model version under {models / model}: convert {model} into {models} first")
+    tensor = load_reference(artifacts)["inputs"][:1]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["input"].CopyFrom(tf.make_tensor_proto(tensor))
+    errors: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="pt2tf-served-rate-") as tmp,
+        ServerProcess(embedded_flags(config_copy(Path(tmp) / "config", model=model), models)) as server,
+    ):  # the server is stopped on leaving, also on an exception
+        channel = grpc.insecure_channel(server.grpc_target)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def call():
+            try:
+                stub.Predict(request, timeout=60)
+            except grpc.RpcError as error:
+                if not errors:
+                    errors.append(f"{error.code().name}: {error.details()}")
+                raise
+
+        try:
+            before = _batch_totals(server.rest_url)
+            figure = Load(call, callers, 1).run(warmup, seconds, f"gRPC serving_default, {callers} callers")
+            rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
+        finally:
+            channel.close()
+    if figure.failures or errors:
+        raise ServedRateError(
+            f"{figure.failures} of {figure.failures + figure.requests} gRPC requests failed "
+            f"(first: {errors[0] if errors else 'unknown'}); see the server's log by serving {models} yourself"
+        )
+    if not figure.requests:
+        raise ServedRateError(f"no request was answered within {seconds:g} s after {warmup:g} s of warm-up")
+    return {**asdict(figure), "callers": callers, "mean_processed_batch": rows / batches if batches else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pt2tf-served-rate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, required=True, help="model repository: <models>/<model>/<version>/")
+    parser.add_argument("--model", required=True, help="the served name (the model's folder under --models)")
+    parser.add_argument("--artifacts", type=Path, required=True, help="the export's output (reference inputs)")
+    parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the measured window")
+    parser.add_argument("--seconds", type=float, default=8.0, help="the measured window")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figure")
+    args = parser.parse_args(argv)
+    _stop_on_sigterm()
+    try:
+        figure = measure(args.models, args.model, args.artifacts, args.callers, args.warmup, args.seconds)
+    except (ServedRateError, RuntimeError) as error:  # RuntimeError: ServerProcess's "exited before it was ready"
+        lines = str(error).splitlines()
+        print(str(error), file=sys.stderr)  # the server's own last lines, when it did not start
+        print(f"error: {lines[0]}" + (f" {lines[-1].strip()}" if len(lines) > 1 else ""), file=sys.stderr)
+        return 1
+    print(
+        f"  served, {args.callers} gRPC callers: {figure['images_per_second']:.1f} img/s, p50 {figure['p50_ms']:.0f} ms"
+        f", mean batch {figure['mean_processed_batch'] or 0:.1f}",
+        file=sys.stderr,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(figure, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The models matrix's speed stages (pt2tf_convert.model_matrix.measure_speed) on this lane's real converted ResNet18:
+`bench` (the Session path beside ONNX Runtime in one process) and `serve` (the embedded server, 16 gRPC callers),
+each a process in this lane's env as `nox -s models` runs them; short settings, no timed assertions.
+
+A stage that fails must come back as that stage and its error, and no server may outlive the stage.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from pt2tf_convert.model_matrix import LaneSpec, Speed, measure_speed
+from pt2tf_serve.process import DOCKER_CONFIG
+
+MODEL = "resnet18"
+SHORT = Speed(
+    platform_config=str(DOCKER_CONFIG / "platform.config"),
+    batch_sizes=(1, 2),
+    rounds=2,
+    min_seconds=0.2,
+    min_iters=2,
+    warmup=1.0,
+    seconds=2.0,
+)
+
+
+def _spec(lane) -> LaneSpec:
+    return LaneSpec(lane.name, lane.exporter, lane.opset, lane.converter, sys.executable, sys.executable)
+
+
+def _servers_of(models: Path) -> list[int]:
+    """Embedded servers still running on `models` (their command line names it as the /models volume)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, or not a process
+            continue
+        if b"pt2tf_serve.server" in argv and f"--volume={models}:/models".encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_speed_stages_measure_the_session_and_the_served_model(lane, artifacts, repository, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(repository / MODEL / "1", models / MODEL / "1")
+    record, seconds = measure_speed(MODEL, _spec(lane), artifacts, models, tmp_path / "work", dict(os.environ), SHORT)
+    session, served = record["session"], record["served"]
+    assert "error" not in session, session
+    assert "error" not in served, served
+    assert session["best_batch"] in SHORT.batch_sizes and session["onnxruntime_best_batch"] in SHORT.batch_sizes
+    assert session["throughput_vs_onnxruntime"] == pytest.approx(
+        session["images_per_second"] / session["onnxruntime_images_per_second"]
+    )
+    assert session["batch1_latency_vs_onnxruntime"] == pytest.approx(
+        session["batch1_latency_ms"] / session["onnxruntime_batch1_latency_ms"]
+    )
+    assert len(session["rounds_images_per_second"]) == SHORT.rounds
+    assert (served["callers"], served["failures"]) == (16, 0)
+    assert served["requests"] > 0 and served["images_per_second"] > 0
+    assert served["mean_processed_batch"] >= 1.0, "docker/config's batching was on"
+    assert set(seconds) == {"bench", "serve"}
+    assert record["settings"]["callers"] == 16
+    assert _servers_of(models) == [], "the serve stage left its server running"
+
+
+def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tmp_path):
+    empty = tmp_path / "models"
+    empty.mkdir()
+    record, _ = measure_speed(MODEL, _spec(lane), artifacts, empty, tmp_path / "work", dict(os.environ), SHORT)
+    assert record["session"] == {
+        "stage": "bench",
+        "error": f"{empty / MODEL} has no model version — run the convert stage first",
+    }
+    assert record["served"] == {
+        "stage": "serve",
+        "error": f"no model version under {empty / MODEL}: convert {MODEL} into {empty} first",
+    }
+
+
+def test_a_server_that_cannot_serve_the_model_fails_the_serve_stage_and_is_stopped(lane, artifacts, tmp_path):
+    models = tmp_path / "models"
+    (models / MODEL / "1").mkdir(parents=True)
+    (models / MODEL / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    record, _ = measure_speed(MODEL, _spec(lane), artifacts, models, tmp_path / "work", dict(os.environ), SHORT)
+    assert record["served"]["stage"] == "serve" and record["served"]["error"], record
+    assert record["session"]["stage"] == "bench", record
+    assert _servers_of(models) == [], "the serve stage left its server running"
