@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 ROUNDING_FACTOR = 4  # pt2tf_convert.metrics.ROUNDING_FACTOR; this module reads results, not the metrics module
 
@@ -48,9 +49,13 @@ def _missing_mark(cell: dict | None) -> str:
 
 
 PANELS = [
-    ("SavedModel vs PyTorch, max abs (log)", _parity, None),
-    ("Session best-batch img/s ÷ ONNX Runtime (higher: faster)", _session("throughput_vs_onnxruntime"), 1.0),
-    ("Session batch-1 latency ÷ ONNX Runtime (lower: faster)", _session("batch1_latency_vs_onnxruntime"), 1.0),
+    ("SavedModel vs PyTorch, max abs (log scale)", _parity, None),
+    ("Session best-batch img/s ÷ ONNX Runtime (higher: faster; log scale)", _session("throughput_vs_onnxruntime"), 1.0),
+    (
+        "Session batch-1 latency ÷ ONNX Runtime (lower: faster; log scale)",
+        _session("batch1_latency_vs_onnxruntime"),
+        1.0,
+    ),
     ("served gRPC img/s, 16 callers", _served, None),
 ]
 
@@ -73,16 +78,28 @@ def draw(results: dict, out: Path) -> None:
                     ax.annotate(_missing_mark(cells.get((model, lane))), (x, 0), xytext=(0, 2), color=color,
                                 textcoords="offset points", xycoords=("data", "axes fraction"), ha="center",
                                 va="bottom", fontsize=11)  # fmt: skip
+        drawn = [get(c) for c in cells.values() if get(c)]
         if get is _parity:
-            ax.set_yscale("log")
             for m, model in enumerate(models):
                 rounding = next((cells[(model, lane)]["figures"].get("pytorch_float32_rounding") for lane in lanes
                                  if cells.get((model, lane), {}).get("figures")), None)  # fmt: skip
                 if rounding:
+                    drawn.append(ROUNDING_FACTOR * rounding)
                     ax.hlines(ROUNDING_FACTOR * rounding, m - 0.45, m + 0.45, colors="crimson", linestyles="--",
-                              label="4× float32 rounding" if m == 0 else None)  # fmt: skip
-        if reference is not None:
+                              label=f"{ROUNDING_FACTOR}× the model's float32 rounding" if m == 0 else None)  # fmt: skip
+        if reference is not None:  # a ratio: on a log scale 2× faster and 2× slower are as far from 1
+            drawn.append(reference)
             ax.axhline(reference, color="grey", linestyle=":", linewidth=1)
+        if get is _parity or reference is not None:
+            ax.set_yscale("log")
+            if drawn:
+                ax.set_ylim(min(drawn) / 1.5, max(drawn) * 1.5)
+        if reference is not None:
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_yticks(
+                [t for t in (0.1, 0.25, 0.5, 1, 2, 4, 10, 25, 50, 100) if min(drawn) / 1.5 <= t <= max(drawn) * 1.5]
+            )
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=9)
         ax.set_title(title, fontsize=11)
         ax.grid(axis="y", alpha=0.3)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from .atomic import replace_file
 from .bench_table import SESSION_PATH, ratios
 
 STAGE_TIMEOUT_S = 1800
+POLL_S = 2.0
 SPEED_TIMEOUT_S = 900  # one bench or serve stage; a larger model's bench takes ~1 min on two cores
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b.*")
 
@@ -95,20 +97,29 @@ def headline(error: str) -> str:
 def _run(
     python: str, args: list[str], env: dict[str, str], timeout: float = STAGE_TIMEOUT_S
 ) -> tuple[bool, float, str]:
+    """Run a stage to completion or `timeout` seconds of running time: (passed, seconds, error line)."""
     started = time.monotonic()
+    left = timeout
     with subprocess.Popen(
         [python, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     ) as process:
-        try:
-            _, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.terminate()  # SIGTERM first: the serve stage stops its server on the way out
+        while True:
+            tick = time.monotonic()
             try:
-                process.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
-            return False, time.monotonic() - started, f"timed out after {timeout:.0f} s"
+                _, stderr = process.communicate(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:  # retrying communicate() loses no output
+                waited = time.monotonic() - tick
+                # Far longer than asked: this process was stopped (SIGSTOP on a shared machine), not the stage slow.
+                left -= waited if waited < 10 * POLL_S else POLL_S
+            if left <= 0:
+                process.terminate()  # SIGTERM first: the serve stage stops its server on the way out
+                try:
+                    process.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.communicate()
+                return False, time.monotonic() - started, f"timed out after {timeout:.0f} s"
     seconds = time.monotonic() - started
     return process.returncode == 0, seconds, "" if process.returncode == 0 else error_line(stderr)
 
@@ -354,8 +365,13 @@ def _speed_details(cell: dict) -> str:
             )
     if "error" not in served:
         batch = served.get("mean_processed_batch")
+        of_best = (
+            f" ({served['images_per_second'] / session['images_per_second']:.2f}× the Session's best)"
+            if "error" not in session
+            else ""
+        )
         parts.append(
-            f"served {served['images_per_second']:.1f} img/s at {served['callers']} callers, p50 "
+            f"served {served['images_per_second']:.1f} img/s at {served['callers']} callers{of_best}, p50 "
             f"{served['p50_ms']:.0f} ms" + (f", mean batch {batch:.1f}" if batch else "")
         )
     return "; ".join(parts) or "both speed stages failed"
@@ -368,12 +384,30 @@ def _lane_table(title: str, text, lanes: list[str], models: list[str], cells: di
     return lines
 
 
+def _speed_paragraph(settings: dict | None) -> str:
+    how = (
+        f"over {settings['rounds']} rounds at batch sizes {', '.join(map(str, settings['batch_sizes']))}"
+        if settings
+        else "over several rounds"
+    )
+    callers = settings["callers"] if settings else 16
+    return (
+        "Each passing cell: the Session path (the SavedModel's MetaGraph in a Session with docker/config's session "
+        "config, as TF Serving runs it) against ONNX Runtime on the same ONNX file in the same process, interleaved "
+        f"{how} (median round): best-batch throughput ÷ ONNX Runtime's best (above 1: faster), then batch-1 latency "
+        "÷ ONNX Runtime's (below 1: faster); then the embedded server with docker/config's flags and batching, "
+        f"{callers} concurrent gRPC Predict callers of one image each: images per second. Callers and server share "
+        "the machine's cores. Absolute figures depend on the machine and on what else ran on it; each ratio compares "
+        "figures taken in one process, minutes apart at most."
+    )
+
+
 def markdown(results: list[dict], lanes: list[str], models: list[str], cpu: str) -> str:
     cells = {(c["model"], c["lane"]): c for c in results}
     cpu = "; ".join(dict.fromkeys(c.get("cpu", cpu) for c in results)) or cpu  # kept cells may come from another
     settings = next((c["speed"]["settings"] for c in results if "settings" in c.get("speed", {})), None)
     lines = [
-        "# Architectures × lanes: export → convert → verify (seeded weights)",
+        "# Architectures × lanes: export → convert → verify → bench → serve (seeded weights)",
         "",
         f"CPU: {cpu}. Each cell: SavedModel vs PyTorch, the worst over batch sizes 1, 3 and 8 on the 16 reference",
         "inputs (max abs, max relative to the largest logit, top-1 agreement), then `predict_images`' largest pixel",
@@ -384,20 +418,7 @@ def markdown(results: list[dict], lanes: list[str], models: list[str], cpu: str)
         "",
         "## Speed",
         "",
-        "Each passing cell: the Session path (the SavedModel's MetaGraph in a Session with docker/config's session",
-        "config, as TF Serving runs it) against ONNX Runtime on the same ONNX file in the same process, interleaved",
-        "over "
-        + (
-            f"{settings['rounds']} rounds at batch sizes {', '.join(map(str, settings['batch_sizes']))}"
-            if settings
-            else "several rounds"
-        )
-        + " (median round): best-batch throughput ÷ ONNX Runtime's best (higher is faster), then batch-1 latency ÷",
-        "ONNX Runtime's (lower is faster); then the embedded server with docker/config's flags and batching, "
-        + (f"{settings['callers']}" if settings else "16")
-        + " concurrent gRPC Predict callers of one image each, images per second. Callers and server share the",
-        "machine's cores. Absolute figures depend on the machine and on what else ran on it; the ratios compare",
-        "figures taken in one process minutes apart at most.",
+        *textwrap.wrap(_speed_paragraph(settings), 110),
         "",
         *_lane_table("model", _speed_text, lanes, models, cells),
         "",
