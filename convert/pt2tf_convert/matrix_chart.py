@@ -100,6 +100,7 @@ def draw(results: dict, out: Path) -> None:
             ax.set_yticks(
                 [t for t in (0.1, 0.25, 0.5, 1, 2, 4, 10, 25, 50, 100) if min(drawn) / 1.5 <= t <= max(drawn) * 1.5]
             )
+        ax.set_xlim(-0.5, len(models) - 0.5)  # a model without any bar keeps its slot and its marks
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=9)
         ax.set_title(title, fontsize=11)
         ax.grid(axis="y", alpha=0.3)

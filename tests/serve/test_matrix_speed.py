@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from pt2tf_convert.model_matrix import LaneSpec, Speed, measure_speed
+from pt2tf_convert.model_matrix import LaneSpec, Speed, chart, measure_speed
 from pt2tf_serve.process import DOCKER_CONFIG
 
 MODEL = "resnet18"
@@ -90,3 +90,19 @@ def test_a_server_that_cannot_serve_the_model_fails_the_serve_stage_and_is_stopp
     assert record["served"]["stage"] == "serve" and record["served"]["error"], record
     assert record["session"]["stage"] == "bench", record
     assert _servers_of(models) == [], "the serve stage left its server running"
+
+
+RECORDED = Path(__file__).parents[1] / "data" / "models" / "results.json"
+
+
+def test_the_chart_is_drawn_from_a_recorded_matrix_in_this_env(tmp_path):
+    png, caption = chart(RECORDED, sys.executable, tmp_path, dict(os.environ))
+    assert png is not None, caption
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    assert caption.startswith("Per model and lane: parity")
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"cpu": "x", "cells": []}')
+    assert chart(empty, sys.executable, tmp_path, dict(os.environ)) == (
+        None,
+        f"No chart: pt2tf_convert.matrix_chart failed: {empty} holds no cells: nothing to draw",
+    )

@@ -222,11 +222,12 @@ def test_the_html_page_holds_the_tables_and_the_chart_or_why_there_is_none():
     cells = _recorded()
     lanes = list(dict.fromkeys(c["lane"] for c in cells))
     models = list(dict.fromkeys(c["model"] for c in cells))
-    text = markdown(cells, lanes, models, "recorded CPU <x>")
+    cells[-1] = cells[-1] | {"error": "MemoryError: <oom> at `node`"}  # markup in an error is text on the page
+    text = markdown(cells, lanes, models, "recorded CPU")
     png = b"\x89PNG\r\n\x1a\n fake bytes"
     page = model_matrix.page(text, png, "the caption")
     assert page.count("<table>") == 4 and page.count("<h2>") == 3
-    assert "recorded CPU &lt;x&gt;" in page and "<x>" not in page
+    assert "MemoryError: &lt;oom&gt; at <code>node</code>" in page and "<oom>" not in page
     assert f"base64,{model_matrix.base64.b64encode(png).decode()}" in page
     assert page.index("<figure>") < page.index("<h2>Speed</h2>"), "the chart sits under the parity table"
     for model in models:
