@@ -3,11 +3,11 @@
     python -m pt2tf_serve.served_rate --models models/onnx2tf --model mobilenet_v3_small \\
         --artifacts artifacts/onnx2tf --callers 16 --out served.json
 
-Starts the embedded server on free loopback ports with docker/config's flags and config files (batching on),
-serving `--model` from `--models`, then C threads call gRPC Predict on `serving_default` back to back, one
-reference image per request (pt2tf_serve.bench's Load: warm-up discarded, then a measured window). The server
-is stopped when the measurement ends, fails or is interrupted (SIGTERM included). A failed request fails the
-run: a throughput with errors in it is not the model's.
+Starts the embedded server on free loopback ports with docker/config's flags and config files (batching on; no
+load retries), serving `--model` from `--models`, then C threads call gRPC Predict on `serving_default` back to
+back, one reference image per request (pt2tf_serve.bench's Load: warm-up discarded, then a measured window). The
+server is stopped when the measurement ends, fails or is interrupted (SIGTERM included). A failed request fails
+the run: a throughput with errors in it is not the model's.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .process import ServerProcess, config_copy, embedded_flags
+
+# A version that fails to load fails the stage at once: TF Serving's default (5 retries, a minute apart) would
+# spend 5 minutes on a file that verify has just read, and a retry changes nothing in it.
+NO_RETRY = ("--max_num_load_retries=0",)
 
 
 class ServedRateError(RuntimeError):
@@ -56,7 +60,7 @@ def measure(models: Path, model: str, artifacts: Path, callers: int, warmup: flo
     errors: list[str] = []
     with (
         tempfile.TemporaryDirectory(prefix="pt2tf-served-rate-") as tmp,
-        ServerProcess(embedded_flags(config_copy(Path(tmp) / "config", model=model), models)) as server,
+        ServerProcess(embedded_flags(config_copy(Path(tmp) / "config", model=model), models, *NO_RETRY)) as server,
     ):  # the server is stopped on leaving, also on an exception
         channel = grpc.insecure_channel(server.grpc_target)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -87,7 +87,9 @@ def test_a_server_that_cannot_serve_the_model_fails_the_serve_stage_and_is_stopp
     (models / MODEL / "1").mkdir(parents=True)
     (models / MODEL / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
     record, _ = measure_speed(MODEL, _spec(lane), artifacts, models, tmp_path / "work", dict(os.environ), SHORT)
-    assert record["served"]["stage"] == "serve" and record["served"]["error"], record
+    assert record["served"]["stage"] == "serve", record
+    assert record["served"]["error"].startswith("pt2tf-serve exited with 1 before it was ready: "), record
+    assert "resnet18" in record["served"]["error"], "the error names the model the server could not load"
     assert record["session"]["stage"] == "bench", record
     assert _servers_of(models) == [], "the serve stage left its server running"
 
