@@ -65,10 +65,12 @@ def convert(
     With `bf16`, the version is published under `<model_name>-bf16` for a server whose sessions
     run oneDNN's bf16 auto mixed precision, after its bf16 parity met its own thresholds.
     """
+    import onnx
     import onnxruntime
     import tensorflow as tf
     from pt2tf_serve.cpu import cpu_info
 
+    from .onnx_rewrite import prepare
     from .optimize import optimize
     from .signatures import contract_problems, save_serving_model
     from .warmup import write_warmup
@@ -90,8 +92,15 @@ def convert(
     onnx_sha256 = sha256(onnx_path)
     with tempfile.TemporaryDirectory(prefix="pt2tf-convert-") as work:
         work = Path(work)
+        with step("rewriting ONNX patterns the converters mistranslate (onnx_rewrite), where present"):
+            prepared, onnx_rewrite = prepare(onnx_model)
+        print(f"  onnx: {onnx_rewrite.summary()}", file=sys.stderr)
+        source_path = onnx_path
+        if onnx_rewrite.changed:
+            source_path = work / "model-prepared.onnx"
+            onnx.save(prepared, str(source_path))
         with step(f"converting with {backend.NAME}"):
-            converted = backend.convert(onnx_model, onnx_path, work)
+            converted = backend.convert(prepared, source_path, work)
         rewrite = None
         if optimize_graph:
             with step("freezing the weights and removing the converter's layout transposes"):
@@ -147,6 +156,8 @@ def convert(
                         "weights_description": weights,
                     },
                     "parity": {"savedmodel_vs_onnxruntime": vs_ort, "savedmodel_vs_pytorch": vs_torch},
+                    # What pt2tf_convert.onnx_rewrite changed in the ONNX file before the converter read it.
+                    "onnx_rewrite": asdict(onnx_rewrite),
                     # What pt2tf_convert.optimize did to the converter's graph (None: --no-optimize).
                     "graph_rewrite": None if rewrite is None else asdict(rewrite),
                     "precision": "bfloat16" if bf16 else "float32",

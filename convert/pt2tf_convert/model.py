@@ -19,7 +19,7 @@ from torchvision.models import WeightsEnum, get_model, get_model_weights
 
 from .artifacts import sha256
 from .metrics import MIN_DISTINCT_TOP1
-from .preprocessing import DEFAULT_MODEL, INPUT_SIZE, NUM_CLASSES, Preprocessing
+from .preprocessing import DEFAULT_MODEL, GREY_LEVEL_SHARE, IMAGENET_STD, INPUT_SIZE, NUM_CLASSES, Preprocessing
 
 SEEDED = "seeded"
 SEEDED_NOTE = "seeded weights: labels are not ImageNet predictions"
@@ -29,6 +29,12 @@ CALIBRATED_LOGIT_STD = 1.0
 # The most a whitening direction is amplified relative to the strongest, tried in turn until the seeded answers vary
 # enough (see calibrate_classifier); None: plain whitening.
 WHITENING_GAINS = (20.0, 40.0, 80.0, None)
+# How much each input's own class is raised above what the seeded weights give it, in units of their logits' standard
+# deviation, tried in turn until every margin outlasts GREY_LEVEL_MARGIN_FACTOR times what a grey level moves it.
+MARGIN_BOOSTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+GREY_LEVEL_MARGIN_FACTOR = 4.0
+GREY_LEVEL_DRAWS = 2  # perturbed copies of each calibration input
+_FEATURE_BATCH = 16
 DOWNLOAD_TIMEOUT_S = 30
 # torchvision's file names end in the first hex digits of the file's sha256: resnet18-f37072fd.pth
 _HASH_PREFIX = re.compile(r"-([a-f0-9]{6,})\.")
@@ -150,14 +156,61 @@ def _penultimate(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> tu
     return torch.flatten(seen["features"], 1).double(), layer
 
 
+def grey_level_perturbed(
+    inputs: torch.Tensor,
+    std: tuple[float, ...],
+    draws: int = GREY_LEVEL_DRAWS,
+    share: float = GREY_LEVEL_SHARE,
+    seed: int = 0,
+) -> torch.Tensor:
+    """`draws` copies of each normalized input with `share` of its colour values one grey level (1/255/std) up or
+    down at random: as large a difference as verify's preprocessing check admits on average. Seeded, so the
+    calibration is reproducible."""
+    generator = torch.Generator().manual_seed(seed)
+    grey = 1 / 255 / torch.tensor(std, dtype=inputs.dtype).view(1, -1, 1, 1)
+    copies = inputs.repeat(draws, 1, 1, 1)
+    moved = torch.rand(copies.shape, generator=generator) < share
+    sign = torch.randint(0, 2, copies.shape, generator=generator) * 2 - 1
+    return copies + moved * sign * grey
+
+
+def _features(model: nn.Module, inputs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """`_penultimate`'s features for many inputs, a batch at a time."""
+    return torch.cat([_penultimate(model, b, num_classes)[0] for b in inputs.split(_FEATURE_BATCH)])
+
+
+def _margin_boost(whitened: torch.Tensor, top1: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Classifier rows [num_classes, rank] on the whitened features that add 1 to input i's class on input i and
+    −1/n on every other input: only the inputs' own classes move, up on their own input, so each keeps its answer."""
+    n = len(whitened)
+    # u_i · z_j = δ_ij − 1/n: the centred features span n − 1 directions, so this is exact.
+    duals = (torch.linalg.pinv(whitened) @ (torch.eye(n, dtype=whitened.dtype) - 1 / n)).T
+    boost = torch.zeros(num_classes, whitened.shape[1], dtype=whitened.dtype)
+    boost.index_add_(0, top1, duals)
+    return boost
+
+
+def _grey_level_ratio(logits: torch.Tensor, moved: torch.Tensor) -> float:
+    """The smallest, over inputs, of an input's top-1 margin over how much its grey-level copies (`moved`: [draws,
+    inputs, classes]) lose of it; inf when no copy loses any."""
+    rows = torch.arange(len(logits))
+    top1 = logits.argmax(dim=1)
+    margins = logits[rows, top1] - logits.scatter(1, top1[:, None], -torch.inf).max(dim=1).values
+    kept = moved[:, rows, top1] - moved.scatter(2, top1[None, :, None].expand(len(moved), -1, 1), -torch.inf).amax(2)
+    loss = (margins - kept).amax(dim=0).clamp(min=0)
+    return float((margins / loss).min())
+
+
 def calibrate_classifier(
     model: torch.nn.Module,
     inputs: torch.Tensor,
     logit_std: float = CALIBRATED_LOGIT_STD,
     num_classes: int = NUM_CLASSES,
     distinct: int = MIN_DISTINCT_TOP1,
+    std: tuple[float, ...] = IMAGENET_STD,
 ) -> dict:
-    """Fold a whitening of the penultimate features, measured on `inputs`, into the classifier layer.
+    """Fold a whitening of the penultimate features, measured on `inputs`, into the classifier layer, and widen
+    each input's top-1 margin until a grey level cannot move its answer.
 
     A randomly initialised classifier network gives every input nearly the same answer: in
     ResNet18 the pooled features are ReLU outputs whose common mean is ~8× larger than what
@@ -166,7 +219,7 @@ def calibrate_classifier(
     unit variance (PCA whitening, restricted to the subspace the inputs span), then the
     seeded classifier weights are applied and scaled so the logits have standard deviation
     `logit_std`. The result is still one `Linear` layer: fc(x) = W'x + b' with
-    W' = α·W·V·diag(1/σ)·Vᵀ and b' = −W'μ. Which class each input gets is still decided by
+    W' = α·(W·V + β·B)·diag(1/σ)·Vᵀ and b' = −W'μ. Which class each input gets is still decided by
     the seeded weights; only the features it reads are standardised.
 
     Float32 rounding puts ~1e-7 of the features' magnitude into every direction, and whitening
@@ -176,20 +229,45 @@ def calibrate_classifier(
     gain (ResNet18's ratio is 13: its calibration is plain whitening), or 40, 80, unbounded when the
     answers would otherwise vary too little (MobileNetV3-Large: 11 distinct classes at 20, 13 at 40): fewer than
     `distinct` top-1 classes among the inputs.
+
+    Among 1000 seeded logits the top two are often close: MobileNetV3-Large's smallest margin was 4e-4 logit
+    standard deviations, while 29% of a photo's colour values one grey level off (`grey_level_perturbed`, what
+    verify's preprocessing bound admits on average) moved its logits by up to 0.1, so `predict_images`' rounding
+    changed an answer. So B raises each input's own class (`_margin_boost`), by β = 0, 0.25, 0.5, ... logit
+    standard deviations, the first at which every input's margin is GREY_LEVEL_MARGIN_FACTOR times what its
+    grey-level copies lose of it. The classes stay the seeded weights' choice.
     """
     features, layer = _penultimate(model, inputs, num_classes)
+    moved = _features(model, grey_level_perturbed(inputs, std), num_classes).view(-1, *features.shape)
     mean = features.mean(dim=0)
     _, singular, right = torch.linalg.svd(features - mean, full_matrices=False)
     rank = int((singular > singular[0] * 1e-6).sum())
     basis = right[:rank].T  # [features, rank]
     sigma = singular[:rank] / (len(features) - 1) ** 0.5  # per-direction standard deviation
+    seeded = layer.weight.detach().double() @ basis  # the seeded classifier on the un-scaled directions
     for gain in WHITENING_GAINS:
         scale = sigma if gain is None else torch.maximum(sigma, sigma[0] / gain)
-        weight = layer.weight.detach().double() @ (basis / scale) @ basis.T
-        logits = (features - mean) @ weight.T
+        whitened = (features - mean) @ (basis / scale)
+        logits = whitened @ seeded.T
         if len(set(logits.argmax(dim=1).tolist())) >= distinct:
             break
-    spread = logits.std()
+    rows = seeded / logits.std()
+    boost = _margin_boost(whitened, logits.argmax(dim=1), num_classes)
+    moved_whitened = (moved - mean) @ (basis / scale)
+    for beta in MARGIN_BOOSTS:
+        candidate = rows + beta * boost
+        ratio = _grey_level_ratio(whitened @ candidate.T, moved_whitened @ candidate.T)
+        if ratio >= GREY_LEVEL_MARGIN_FACTOR:
+            break
+    else:
+        print(
+            f"warning: the seeded classifier's smallest top-1 margin is only {ratio:.1f}× what a grey level moves it "
+            f"(wanted {GREY_LEVEL_MARGIN_FACTOR:g}×): predict_images' rounding may change an answer; export with "
+            "--weights to use real weights",
+            file=sys.stderr,
+        )
+    weight = candidate @ (basis / scale).T
+    spread = ((features - mean) @ weight.T).std()
     weight = weight * (logit_std / spread)
     with torch.no_grad():
         layer.weight.copy_(weight.float())
@@ -197,12 +275,17 @@ def calibrate_classifier(
             layer.bias = nn.Parameter(torch.zeros(num_classes))
         layer.bias.copy_((-(weight @ mean)).float())
     return {
-        "method": "penultimate-feature PCA whitening folded into the classifier layer",
+        "method": "penultimate-feature PCA whitening folded into the classifier layer, own classes raised",
         "inputs": len(features),
         "rank": rank,
         "feature_mean_norm": round(float(mean.norm()), 4),
         "feature_spread": [round(float(s), 4) for s in sigma],
         "max_whitening_gain": gain,
+        "margin_boost": beta,
+        "grey_level_share": round(GREY_LEVEL_SHARE, 4),
+        # Every input's top-1 margin over what its grey-level copies lose of it, at the least (≥ the factor
+        # unless the largest boost fell short).
+        "grey_level_margin_ratio": round(ratio, 2),
         "logit_std": logit_std,
     }
 
@@ -346,7 +429,9 @@ def build_model(
     """
     if weights == SEEDED:
         network = seeded_model(model, seed)
-        calibration = calibrate_classifier(network, calibration_inputs) if calibration_inputs is not None else {}
+        calibration = {}
+        if calibration_inputs is not None:
+            calibration = calibrate_classifier(network, calibration_inputs, std=preprocessing_for(model).std)
         return network, Weights(SEEDED, seed, calibration=calibration)
     path = Path(weights)
     source = str(path)

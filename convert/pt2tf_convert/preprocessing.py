@@ -15,6 +15,16 @@ INPUT_SIZE = 224
 NUM_CLASSES = 1000
 INTERPOLATIONS = ("bilinear", "bicubic")
 TOP_K = 5  # predict_images answers each image's top 5 classes: a model needs at least 5
+IMAGENET_STD = (0.229, 0.224, 0.225)  # the std verify's preprocessing bounds are stated for
+# verify's bounds on predict_images' preprocessing against torchvision's, in normalized units (one grey level is
+# 1/255/std ≈ 0.0175). Measured on every lane: no pixel differs by more than one grey level (rounding of two
+# antialiased filters), mean 0.0024 when the graph resized in one pass, 0.0006 (bilinear) and 0.00004 (bicubic) in
+# PIL's two. Bounds: twice the one-pass measurement.
+PREPROCESS_MEAN_ABS = 0.005
+PREPROCESS_MAX_ABS = 2 / 255 / min(IMAGENET_STD)
+# The share of colour values one grey level off that PREPROCESS_MEAN_ABS admits (0.29): the seeded classifier's
+# margins are measured against a difference that large (model.calibrate_classifier).
+GREY_LEVEL_SHARE = PREPROCESS_MEAN_ABS * 255 * min(IMAGENET_STD)
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,11 @@ def build_user_model(
     labels = class_names(spec, num_classes, reference)
     if weights == SEEDED:
         calibration = calibrate_classifier(
-            network, calibration_inputs, num_classes=num_classes, distinct=distinct_top1_needed(num_classes)
+            network,
+            calibration_inputs,
+            num_classes=num_classes,
+            distinct=distinct_top1_needed(num_classes),
+            std=spec.preprocessing.std,
         )
         source = Weights(SEEDED, seed, calibration=calibration)
     return network.eval(), source, labels

@@ -31,13 +31,11 @@ from pathlib import Path
 
 import gevent
 import psutil
-from google.protobuf import text_format
 from locust.env import Environment
 from pt2tf_convert.repository import RepositoryError, served_model
 from pt2tf_serve.bench import cpu_model
 from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, REQUEST_COUNT, fetch_page
-from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags, server_env
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+from pt2tf_serve.process import ServerProcess, Spawned, config_copy, edit_models_config, embedded_flags, server_env
 
 from . import capacity as capacity_mod
 from . import report, search, slo
@@ -341,12 +339,7 @@ class ManagedServer:
         # A caller's config folder stays the caller's; docker/config's serves the model the users send to.
         config = config or config_copy(folder / "config", model=TARGET.model or None)
         if specific_versions:
-            # As a message, not as text: config_copy(model=) writes the config in protobuf's multi-line form.
-            parsed = text_format.Parse((config / "models.config").read_text(), ModelServerConfig())
-            for entry in parsed.model_config_list.config:
-                entry.model_version_policy.Clear()
-                entry.model_version_policy.specific.versions.extend(specific_versions)
-            (config / "models.config").write_text(text_format.MessageToString(parsed))
+            edit_models_config(config / "models.config", versions=specific_versions)
         # The caller's flags first, so that a batching-off server stays off whatever they say about batching.
         extra = [*extra_flags, *([] if batching else ["--enable_batching=false", "--batching_parameters_file="])]
         self.folder = folder

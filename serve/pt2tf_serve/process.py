@@ -42,19 +42,31 @@ def config_copy(
     if models_config is not None:
         shutil.copy(models_config, folder / "models.config")
     if model is not None:
-        from google.protobuf import text_format
-
-        from .config import load_model_config
-
-        config = load_model_config(folder / "models.config")
-        if len(config.model_config_list.config) != 1:
-            raise ValueError(f"{folder / 'models.config'} serves several models: name the one to serve in it")
-        entry = config.model_config_list.config[0]
-        entry.name, entry.base_path = model, f"/models/{model}"
-        (folder / "models.config").write_text(text_format.MessageToString(config))
+        edit_models_config(folder / "models.config", model=model)
     if batching is not None:
         (folder / "batching.config").write_text(batching)
     return folder
+
+
+def edit_models_config(path: Path, model: str | None = None, versions: list[int] | None = None) -> None:
+    """Edit a models.config as a message (its text may be one-line or protobuf's multi-line form): `model` renames
+    the one model it serves to `model`, base path /models/<model>, its version policy kept; `versions` pins every
+    model it serves to those versions (`specific`)."""
+    from google.protobuf import text_format
+
+    from .config import load_model_config
+
+    config = load_model_config(path)
+    entries = config.model_config_list.config
+    if model is not None:
+        if len(entries) != 1:
+            raise ValueError(f"{path} serves several models: name the one to serve in it")
+        entries[0].name, entries[0].base_path = model, f"/models/{model}"
+    if versions:
+        for entry in entries:
+            entry.model_version_policy.Clear()
+            entry.model_version_policy.specific.versions.extend(versions)
+    path.write_text(text_format.MessageToString(config))
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -100,11 +112,13 @@ class Spawned:
     error: Bad file descriptor"). posix_spawn runs no fork handlers.
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path, err_path: Path | None = None):
+        # stdout to log_path; stderr there too, or to err_path when given
+        write = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         actions = [
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, str(log_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
-            (os.POSIX_SPAWN_DUP2, 1, 2),
+            (os.POSIX_SPAWN_OPEN, 1, str(log_path), write, 0o600),
+            (os.POSIX_SPAWN_DUP2, 1, 2) if err_path is None else (os.POSIX_SPAWN_OPEN, 2, str(err_path), write, 0o600),
         ]
         # setsid: its own process group, which a stop can reach whole, and which a Ctrl-C meant for us misses
         self.pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
@@ -128,6 +142,26 @@ class Spawned:
     def send_signal(self, signum: int) -> None:
         if self.poll() is None:
             os.kill(self.pid, signum)
+
+
+def run_spawned(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """subprocess.run(argv, capture_output=True, text=True, timeout=...) by posix_spawn, for a process that has
+    used gRPC (see Spawned): a fork there can abort the child before it execs (exit -6, "epoll_wait error").
+    The child gets its own process group, killed whole on timeout (TimeoutExpired, as subprocess.run)."""
+    program = argv[0] if os.sep in argv[0] else shutil.which(argv[0])
+    if program is None:
+        raise FileNotFoundError(f"{argv[0]}: not found on PATH")
+    with tempfile.TemporaryDirectory(prefix="pt2tf-run-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        child = Spawned([program, *argv[1:]], dict(os.environ if env is None else env), out, err_path=err)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+        read = lambda path: path.read_text(errors="replace")  # noqa: E731
+        return subprocess.CompletedProcess(argv, code, read(out), read(err))
 
 
 class ServerProcess:

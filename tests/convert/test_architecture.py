@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,72 @@ def test_verify_passes_with_parity_and_preprocessing_measured_for_this_model(pub
     bounds = report["parity_bounds"]
     assert bounds["pytorch_float32_rounding"] > 0
     assert bounds["max_abs"] == max(Thresholds().max_abs, ROUNDING_FACTOR * bounds["pytorch_float32_rounding"])
-    assert f"mobilenet_v3_small version 1 ({ARCHITECTURE})" in (tmp_path / "parity.md").read_text()
+    markdown = (tmp_path / "parity.md").read_text()
+    assert f"mobilenet_v3_small version 1 ({ARCHITECTURE})" in markdown
+    # MobileNetV3 has no stochastic depth: no Range over the batch for the ONNX rewrite to take; the report says so.
+    assert report["rewrites"]["onnx"] == {"range_scalar_bounds": 0, "nodes": []}
+    assert "- ONNX, before the converter: 0 Range bound(s) made scalar." in markdown
+    assert report["calibration"]["grey_level_margin_ratio"] >= 4 and "Seeded classifier: own classes" in markdown
 
 
 def test_another_models_name_is_refused_naming_the_export(arch_artifacts):
     with pytest.raises(ArtifactsError, match=f"holds an export of {ARCHITECTURE}; export resnet18 first"):
         check_exported_model(arch_artifacts, "resnet18")
     check_exported_model(arch_artifacts, ARCHITECTURE)
+
+
+# The ops optimize() rewrites: transposes sunk and cancelled, Pad folded into the convolution, Add → BiasAdd,
+# one-part Splits and Identities bypassed. Every other op that computes on the input must stay, count for count.
+REWRITTEN_OPS = {"Transpose", "Pad", "PadV2", "MirrorPad", "Add", "AddV2", "BiasAdd", "Identity", "Split"}
+
+
+def _data_path_ops(graph_def, input_name: str) -> Counter:
+    """Op counts of the nodes that compute on `input_name` (not the weight- or shape-side ones optimize folds)."""
+    consumers: dict[str, list] = {}
+    for node in graph_def.node:
+        for name in node.input:
+            consumers.setdefault(name.lstrip("^").split(":")[0], []).append(node)
+    seen, todo = set(), [input_name.split(":")[0]]
+    while todo:
+        for node in consumers.get(todo.pop(), []):
+            if node.name not in seen:
+                seen.add(node.name)
+                todo.append(node.name)
+    return Counter(node.op for node in graph_def.node if node.name in seen and node.op not in REWRITTEN_OPS)
+
+
+def test_the_graph_rewrites_keep_parity_and_leave_what_they_do_not_rewrite(lane, arch_artifacts, tmp_path):
+    """optimize() on a non-ResNet graph: the same answers as the converter's graph against ONNX Runtime, no more
+    transposes than before, and every op on the input's path that it has no rewrite for kept, count for count."""
+    from pt2tf_convert.backends import load_backend
+    from pt2tf_convert.metrics import compare
+    from pt2tf_convert.onnx_rewrite import prepare
+    from pt2tf_convert.optimize import freeze, optimize
+    from pt2tf_convert.runtimes import onnxruntime_session, run_onnxruntime
+    from pt2tf_convert.support import check_supported
+
+    backend = load_backend(lane.converter)
+    onnx_path = arch_artifacts / "model.onnx"
+    prepared, _ = prepare(check_supported(onnx_path, lane.name, backend))
+    converted = backend.convert(prepared, onnx_path, tmp_path)
+    optimized, rewrite = optimize(converted)
+    ref = load_reference(arch_artifacts)
+    inputs = ref["inputs"] if converted.layout == "NCHW" else ref["inputs"].transpose(0, 2, 3, 1)
+    # optimize()'s call imports a GraphDef: it runs traced, as the serving signatures run it.
+    before = np.concatenate([tf.function(converted.call)(tf.constant(c)).numpy() for c in np.split(inputs, 4)])
+    after = np.concatenate([tf.function(optimized.call)(tf.constant(c)).numpy() for c in np.split(inputs, 4)])
+    ort = run_onnxruntime(onnxruntime_session(onnx_path), ref["inputs"], 8)
+    rounding = json.loads((arch_artifacts / "export.json").read_text())["pytorch_float32_rounding"]
+    parity_before, parity_after = compare(ort, before), compare(ort, after)
+    # Parity unchanged: the rewrites reorder float sums at most, an error of the model's own rounding's size.
+    assert abs(parity_after["max_abs"] - parity_before["max_abs"]) <= rounding, (parity_before, parity_after)
+    assert compare(before, after)["max_abs"] <= ROUNDING_FACTOR * rounding
+    assert parity_after["top1_agreement"] == parity_before["top1_agreement"] == 1.0
+    transposes = rewrite.ops_before.get("Transpose", 0), rewrite.ops_after.get("Transpose", 0)
+    assert transposes[0] >= transposes[1], f"transposes {transposes[0]} → {transposes[1]}"
+    frozen, input_name, _ = freeze(converted)
+    spec = tf.TensorSpec([None, *inputs.shape[1:]], tf.float32)
+    traced = tf.function(optimized.call).get_concrete_function(spec)
+    kept_before = _data_path_ops(frozen, input_name)
+    kept_after = _data_path_ops(traced.graph.as_graph_def(), traced.inputs[0].name)
+    assert kept_before and kept_after == kept_before, "an op optimize() has no rewrite for changed on the input's path"

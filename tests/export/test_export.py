@@ -125,6 +125,27 @@ def test_calibration_is_what_makes_seeded_answers_vary(seed):
     assert weights.calibration["inputs"] == len(inputs)
 
 
+def test_seeded_margins_outlast_grey_levels_the_calibration_never_saw(monkeypatch):
+    from pt2tf_convert import model as model_mod
+    from pt2tf_convert.model import GREY_LEVEL_MARGIN_FACTOR, grey_level_perturbed
+    from pt2tf_convert.preprocessing import IMAGENET_STD
+
+    inputs = torch.from_numpy(reference_inputs(0).inputs)
+    monkeypatch.setattr(model_mod, "MARGIN_BOOSTS", (0.0,))  # the whitening alone, as the calibration was before
+    whitened_only, _ = build_model("seeded", 0, calibration_inputs=inputs)
+    monkeypatch.undo()
+    model, weights = build_model("seeded", 0, calibration_inputs=inputs)
+    assert weights.calibration["grey_level_margin_ratio"] >= GREY_LEVEL_MARGIN_FACTOR
+    assert weights.calibration["margin_boost"] > 0
+    with torch.no_grad():
+        before, logits = whitened_only(inputs).numpy(), model(inputs)
+        # Other draws than the calibration's (seed 0), four of them, at the same share of colour values.
+        moved = model(grey_level_perturbed(inputs, IMAGENET_STD, draws=4, seed=7)).view(4, *logits.shape)
+    assert discrimination(logits.numpy())["top1"] == discrimination(before)["top1"], "the seeded weights' classes"
+    assert discrimination(logits.numpy())["min_margin"] > 50 * discrimination(before)["min_margin"]
+    assert (moved.argmax(dim=2) == logits.argmax(dim=1)).all(), "a grey level changed a seeded answer"
+
+
 def test_a_fixed_batch_axis_fails_loudly(exported):
     _, _, out, _ = exported
     model = onnx.load(str(out / "model.onnx"))
@@ -379,6 +400,8 @@ def test_mobilenet_v3_small_exports_with_its_preprocessing_labels_and_varied_ans
 
 
 def test_resnet18_rounds_least_and_still_meets_1e5(exported):
+    # Its float32 rounding depends on PyTorch's kernels on this CPU (4.4e-6 on the AVX-512 EPYC of family 26, 6.6e-6
+    # on Sapphire Rapids), and stays under the project's 1e-5, where MobileNetV3's is above it on every kind met.
     _, _, _, manifest = exported
-    assert manifest["pytorch_float32_rounding"] < 5e-6
+    assert manifest["pytorch_float32_rounding"] < 1e-5
     assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= 1e-5

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ from pt2tf_loadtest.inputs import load_inputs
 from pt2tf_loadtest.users import TARGET
 from pt2tf_serve.client import GrpcClient
 from pt2tf_serve.cpu import cpu_info
-from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags
+from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags, run_spawned
 
 MODEL = "resnet18"
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
@@ -192,11 +193,11 @@ def test_locust_command_line_in_distributed_mode_uses_the_same_users(artifacts, 
     locust = Path(sys.executable).with_name("locust")
     config = config_copy(tmp_path / "config")
     with ServerProcess(embedded_flags(config, models), python=str(serve_python)) as server:
-        done = subprocess.run(
+        done = run_spawned(
             [str(locust), "-f", str(LOCUSTFILE), "--headless", "--processes", "2", "-u", "4", "-r", "4", "-t", "6s",
              "--host", server.rest_url, "--grpc-target", server.grpc_target, "--artifacts", str(artifacts),
              "--csv", str(tmp_path / "cli"), "GrpcTensorUser", "RestImageUser"],
-            capture_output=True, text=True, timeout=300,
+            timeout=300,
         )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "cli_stats.csv").open()))
@@ -426,6 +427,21 @@ def _batching(folder: Path, **fields: int) -> Path:
     path = folder / "batching.config"
     path.write_text(text)
     return path
+
+
+def test_run_spawned_answers_as_subprocess_run_does_and_kills_its_group_on_timeout(tmp_path):
+    # The load-test suite runs commands (kubectl, probes, locust) in a process that has used gRPC: by posix_spawn.
+    done = run_spawned(["bash", "-c", "echo out; echo err >&2; exit 3"], timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    marker = tmp_path / "grandchild-lived"
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_spawned(["bash", "-c", f"(sleep 2; touch {marker}) & sleep 60"], timeout=0.5)
+    assert time.monotonic() - started < 10
+    time.sleep(3)
+    assert not marker.exists(), "the timeout killed the child but not its process group"
+    with pytest.raises(FileNotFoundError, match="no-such-program-pt2tf"):
+        run_spawned(["no-such-program-pt2tf"], timeout=5)
 
 
 # ---------------------------------------------------------------------------- rollout

@@ -33,7 +33,7 @@ import grpc
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pt2tf_serve.process import Spawned, free_port
+from pt2tf_serve.process import Spawned, free_port, run_spawned
 from pt2tf_toolchain.matrix import load_matrix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def render(lane: str) -> list[dict]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is not on PATH: install it (kustomize is built in) to render docker/k8s overlays")
-    done = subprocess.run([kubectl, "kustomize", str(OVERLAYS / lane)], capture_output=True, text=True, timeout=120)
+    done = run_spawned([kubectl, "kustomize", str(OVERLAYS / lane)], timeout=120)
     assert done.returncode == 0, done.stderr
     return list(yaml.safe_load_all(done.stdout))
 
@@ -192,7 +192,7 @@ class Cluster:
             words = [self.map_text(w, mounts) for w in spec["exec"]["command"]]
             words = [self._local_ports(doc, w) for w in words]
             try:
-                done = subprocess.run(words, capture_output=True, timeout=timeout)
+                done = run_spawned(words, timeout=timeout)
             except subprocess.TimeoutExpired:
                 return f"{where}.exec did not finish within timeoutSeconds {timeout}"
             return None if done.returncode == 0 else f"{where}.exec exited {done.returncode}"
@@ -411,7 +411,7 @@ def compose_healthcheck_passes(cluster: Cluster, deployment: dict) -> None:
     grpc_port = cluster.port(deployment, 8500)
     command = [re.sub(r"127\.0\.0\.1/8500\b", f"127.0.0.1/{grpc_port}", w) for w in command]
     timeout = float(check["timeout"].rstrip("s"))
-    done = subprocess.run(command, capture_output=True, timeout=timeout + 5)
+    done = run_spawned(command, timeout=timeout + 5)
     assert done.returncode == 0, f"docker/compose.yaml services.tfserving.healthcheck.test failed: {done.stderr!r}"
 
 
