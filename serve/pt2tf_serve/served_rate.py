@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from pt2tf_convert.atomic import replace_file
+
 from .process import ServerProcess, config_copy, embedded_flags
 
 # A version that fails to load fails the stage at once: TF Serving's default (5 retries, a minute apart) would
@@ -89,6 +91,19 @@ def measure(models: Path, model: str, artifacts: Path, callers: int, warmup: flo
     return {**asdict(figure), "callers": callers, "mean_processed_batch": rows / batches if batches else None}
 
 
+def _positive(kind: type):
+    """An argparse type: a number above zero (a rate over no callers or no seconds is no figure)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text}: must be above 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid int value" message
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pt2tf-served-rate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, required=True, help="model repository: <models>/<model>/<version>/")
     parser.add_argument("--model", required=True, help="the served name (the model's folder under --models)")
     parser.add_argument("--artifacts", type=Path, required=True, help="the export's output (reference inputs)")
-    parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--callers", type=_positive(int), default=16, help="concurrent gRPC Predict callers")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the measured window")
-    parser.add_argument("--seconds", type=float, default=8.0, help="the measured window")
+    parser.add_argument("--seconds", type=_positive(float), default=8.0, help="the measured window")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figure")
     args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f"--warmup {args.warmup:g}: must be 0 or more seconds")
     _stop_on_sigterm()
     try:
         figure = measure(args.models, args.model, args.artifacts, args.callers, args.warmup, args.seconds)
@@ -114,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         f", mean batch {figure['mean_processed_batch'] or 0:.1f}",
         file=sys.stderr,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figure, indent=1) + "\n")
+    replace_file(args.out, json.dumps(figure, indent=1) + "\n")  # a reader never sees half a figure
     return 0
 
 

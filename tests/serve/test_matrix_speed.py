@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from pt2tf_convert.model_matrix import LaneSpec, Speed, chart, measure_speed
+from pt2tf_serve import served_rate
 from pt2tf_serve.process import DOCKER_CONFIG
 
 MODEL = "resnet18"
@@ -108,3 +109,21 @@ def test_the_chart_is_drawn_from_a_recorded_matrix_in_this_env(tmp_path):
         None,
         f"No chart: pt2tf_convert.matrix_chart failed: {empty} holds no cells: nothing to draw",
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--callers", "0", "argument --callers: 0: must be above 0"),
+        ("--seconds", "-1", "argument --seconds: -1: must be above 0"),
+        ("--callers", "many", "argument --callers: invalid int value: 'many'"),
+        ("--warmup", "-2", "--warmup -2: must be 0 or more seconds"),
+    ],
+)
+def test_served_rate_refuses_a_load_that_measures_nothing(flag, value, message, tmp_path, capsys):
+    argv = ["--models", str(tmp_path), "--model", MODEL, "--artifacts", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exited:
+        served_rate.main([*argv, flag, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
