@@ -256,6 +256,7 @@ def run_cell(
         return {**cell, "stage": "convert", "passed": False, "error": result[2]}
     manifest = json.loads(next((models / model).glob("*/assets.extra/pt2tf_manifest.json")).read_text())
     cell["graph_rewrite"] = manifest.get("graph_rewrite")
+    cell["onnx_rewrite"] = manifest.get("onnx_rewrite")  # pt2tf_convert.onnx_rewrite, before the converter
     reports = work / "reports" / lane.name
     args = ["-m", "pt2tf_convert.verify", "--lane", lane.name, "--artifacts", str(artifacts)]
     result = _run(lane.python, [*args, "--models", str(models), "--reports", str(reports)], env)
@@ -305,6 +306,15 @@ def transposes(cell: dict | None) -> tuple[int, int] | None:
     if not rewrite:
         return None
     return rewrite["ops_before"].get("Transpose", 0), rewrite["ops_after"].get("Transpose", 0)
+
+
+def _onnx_rewrite_text(cell: dict) -> str:
+    """What onnx_rewrite changed in the ONNX file before the converter read it, when it changed anything."""
+    rewrite = cell.get("onnx_rewrite") or {}
+    if not rewrite.get("range_scalar_bounds"):
+        return ""
+    count, nodes = rewrite["range_scalar_bounds"], ", ".join(rewrite["nodes"])
+    return f"ONNX rewrite: {count} Range bound(s) made scalar ({nodes}); "
 
 
 def _not_measured(cell: dict | None) -> str | None:
@@ -439,7 +449,8 @@ def markdown(results: list[dict], lanes: list[str], models: list[str], cpu: str)
                                                                            "serve"))  # fmt: skip
             f = cell.get("figures")
             counted = transposes(cell)
-            details = (f"transposes {counted[0]}→{counted[1]}; " if counted else "") + (
+            rewrites = _onnx_rewrite_text(cell) + (f"transposes {counted[0]}→{counted[1]}; " if counted else "")
+            details = rewrites + (
                 f"float32 rounding {f['pytorch_float32_rounding']:.1e}; vs ONNX Runtime "
                 f"{f['savedmodel_vs_onnxruntime_max_abs']:.1e}; {f['distinct_top1']} distinct top-1 of 16, min margin "
                 f"{f['min_margin']:.4f}; preprocessing {f['preprocessing']}, photo top-1 {f['preprocessing_top1']:.0%}"

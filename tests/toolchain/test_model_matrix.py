@@ -218,6 +218,19 @@ def test_the_speed_and_transposes_tables_show_figures_failed_stages_and_skips():
     assert "served 91.4 img/s at 16 callers (0.85× the Session's best), p50 170 ms" in details
 
 
+def test_a_cell_whose_onnx_file_was_rewritten_says_so_in_its_details():
+    # What convert's manifest records (onnx_rewrite): ConvNeXt-Tiny's stochastic-depth Range on the dynamo export.
+    rewritten = _cell() | {"onnx_rewrite": {"range_scalar_bounds": 1, "nodes": ["node_Range_212"]}}
+    as_is = _cell() | {"lane": "b", "onnx_rewrite": {"range_scalar_bounds": 0, "nodes": []}}
+    before = _cell() | {"lane": "c"}  # converted before onnx_rewrite existed: no record
+    text = markdown([rewritten, as_is, before], ["a", "b", "c"], ["m"], "some CPU")
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| m | ")}
+    rewrite = "ONNX rewrite: 1 Range bound(s) made scalar (node_Range_212); transposes 52→2;"
+    assert f"| pass | –, –, –, –, – | {rewrite}" in rows["a"]
+    assert "ONNX rewrite" not in rows["b"] and "ONNX rewrite" not in rows["c"]
+    assert "| transposes 52→2; float32 rounding" in rows["b"]
+
+
 def test_the_html_page_holds_the_tables_and_the_chart_or_why_there_is_none():
     cells = _recorded()
     lanes = list(dict.fromkeys(c["lane"] for c in cells))
