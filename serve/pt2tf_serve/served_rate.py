@@ -8,6 +8,10 @@ load retries), serving `--model` from `--models`, then C threads call gRPC Predi
 back, one reference image per request (pt2tf_serve.bench's Load: warm-up discarded, then a measured window). The
 server is stopped when the measurement ends, fails or is interrupted (SIGTERM included). A failed request fails
 the run: a throughput with errors in it is not the model's.
+
+On a shared machine this process or the server may be stopped (SIGSTOP) for minutes: a measurement during which
+either was stopped is discarded and taken again (up to 3 times), since its rate and its deadline failures are the
+stop's, not the model's; the figure says how many were discarded.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import json
 import signal
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,8 +35,47 @@ from .process import ServerProcess, config_copy, embedded_flags
 NO_RETRY = ("--max_num_load_retries=0",)
 
 
+ATTEMPTS = 3  # measurements taken at most, when the ones before were stopped
+TICK_S = 0.2
+STALL_S = 5.0  # a tick this late: the process was stopped, not slow (a niced thread waits milliseconds, not seconds)
+
+
 class ServedRateError(RuntimeError):
-    """The server did not start, or requests failed under load."""
+    """The server did not start, requests failed under load, or every measurement was stopped."""
+
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped), or '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+class Stops:
+    """While in its `with`: the seconds this process spent stopped (its own ticks came late by STALL_S or more) or
+    the server did (its /proc state was T, stopped)."""
+
+    def __init__(self, server_pid: int):
+        self.server_pid, self.seconds = server_pid, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        last = time.monotonic()
+        while not self._done.wait(TICK_S):
+            now = time.monotonic()
+            if now - last >= STALL_S or _state(self.server_pid) in ("T", "t"):
+                self.seconds += now - last
+            last = now
+
+    def __enter__(self) -> Stops:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _stop_on_sigterm() -> None:
@@ -42,8 +87,11 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def measure(models: Path, model: str, artifacts: Path, callers: int, warmup: float, seconds: float) -> dict:
-    """Serve `models`, load it with `callers` gRPC callers, stop the server; the figure and the mean batch."""
+def measure(
+    models: Path, model: str, artifacts: Path, callers: int, warmup: float, seconds: float, deadline: float = 60.0
+) -> dict:
+    """Serve `models`, load it with `callers` gRPC callers (each call given `deadline` seconds), stop the server;
+    the figure, the mean batch and how many measurements were discarded because a process was stopped."""
     import grpc
     import tensorflow as tf
     from pt2tf_convert.artifacts import load_reference
@@ -69,16 +117,35 @@ def measure(models: Path, model: str, artifacts: Path, callers: int, warmup: flo
 
         def call():
             try:
-                stub.Predict(request, timeout=60)
+                stub.Predict(request, timeout=deadline)
             except grpc.RpcError as error:
                 if not errors:
                     errors.append(f"{error.code().name}: {error.details()}")
                 raise
 
         try:
-            before = _batch_totals(server.rest_url)
-            figure = Load(call, callers, 1).run(warmup, seconds, f"gRPC serving_default, {callers} callers")
-            rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
+            stopped = []
+            for _ in range(ATTEMPTS):
+                errors.clear()
+                with Stops(server.process.pid) as stops:
+                    before = _batch_totals(server.rest_url)
+                    figure = Load(call, callers, 1).run(warmup, seconds, f"gRPC serving_default, {callers} callers")
+                    rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
+                if not stops.seconds:
+                    break
+                stopped.append(stops.seconds)
+                print(
+                    f"  measurement {len(stopped)} of at most {ATTEMPTS} discarded: this process or the server was "
+                    f"stopped for {stops.seconds:.0f} s of it ({figure.requests} answered, {figure.failures} failed)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                raise ServedRateError(
+                    f"each of {ATTEMPTS} measurements was stopped for a while (this process or the server: "
+                    f"{', '.join(f'{gap:.0f} s' for gap in stopped)}): no figure of the model; measure again when "
+                    "nothing stops them"
+                )
         finally:
             channel.close()
     if figure.failures or errors:
@@ -88,7 +155,12 @@ def measure(models: Path, model: str, artifacts: Path, callers: int, warmup: flo
         )
     if not figure.requests:
         raise ServedRateError(f"no request was answered within {seconds:g} s after {warmup:g} s of warm-up")
-    return {**asdict(figure), "callers": callers, "mean_processed_batch": rows / batches if batches else None}
+    return {
+        **asdict(figure),
+        "callers": callers,
+        "mean_processed_batch": rows / batches if batches else None,
+        "discarded_stopped_measurements": len(stopped),
+    }
 
 
 def _positive(kind: type):
@@ -114,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callers", type=_positive(int), default=16, help="concurrent gRPC Predict callers")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before the measured window")
     parser.add_argument("--seconds", type=_positive(float), default=8.0, help="the measured window")
+    parser.add_argument("--deadline", type=_positive(float), default=60.0, help="seconds each gRPC call may take")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figure")
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error(f"--warmup {args.warmup:g}: must be 0 or more seconds")
     _stop_on_sigterm()
     try:
-        figure = measure(args.models, args.model, args.artifacts, args.callers, args.warmup, args.seconds)
+        figure = measure(
+            args.models, args.model, args.artifacts, args.callers, args.warmup, args.seconds, args.deadline
+        )
     except (ServedRateError, RuntimeError) as error:  # RuntimeError: ServerProcess's "exited before it was ready"
         lines = str(error).splitlines()
         print(str(error), file=sys.stderr)  # the server's own last lines, when it did not start

@@ -7,9 +7,14 @@ A stage that fails must come back as that stage and its error, and no server may
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +72,62 @@ def test_the_speed_stages_measure_the_session_and_the_served_model(lane, artifac
     assert set(seconds) == {"bench", "serve"}
     assert record["settings"]["callers"] == 16
     assert _servers_of(models) == [], "the serve stage left its server running"
+
+
+def _batches_served(pid: int) -> float:
+    """Batches the embedded server `pid` has run so far, from its Prometheus page (its REST port: the last in its
+    argv, the free port ServerProcess appends after docker/config's)."""
+    from pt2tf_serve.metrics import PROCESSED_BATCH_SIZE, fetch_page
+
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    port = [arg.removeprefix("--rest_api_port=") for arg in argv if arg.startswith("--rest_api_port=")][-1]
+    try:
+        return fetch_page(f"http://127.0.0.1:{port}").get(PROCESSED_BATCH_SIZE + "_count{}", 0.0)
+    except OSError:  # not listening yet
+        return 0.0
+
+
+@pytest.mark.parametrize("stopped", ["server", "served_rate"])
+def test_a_measurement_during_which_a_process_was_stopped_is_taken_again(stopped, artifacts, repository, tmp_path):
+    # On a shared machine a process may be SIGSTOPped for minutes; in-flight calls then outlive their deadline. Here
+    # the stop (12 s, longer than served_rate.STALL_S) outlasts the deadline (8 s, which a loaded two-core machine
+    # keeps): counted, that measurement would fail the stage with the stop's DEADLINE_EXCEEDED, and its rate would
+    # be the stop's.
+    models = tmp_path / "models"
+    shutil.copytree(repository / MODEL / "1", models / MODEL / "1")
+    out = tmp_path / "served.json"
+    argv = [sys.executable, "-m", "pt2tf_serve.served_rate", "--models", str(models), "--model", MODEL]
+    argv += ["--artifacts", str(artifacts), "--warmup", "1", "--seconds", "12", "--deadline", "8", "--out", str(out)]
+    rate = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    target = None
+    try:
+        deadline = time.monotonic() + 600
+        while target is None and rate.poll() is None and time.monotonic() < deadline:
+            servers = _servers_of(models)
+            if servers and _batches_served(servers[0]) > 0:  # under load
+                target = servers[0] if stopped == "server" else rate.pid
+            else:
+                time.sleep(0.2)
+        assert target is not None, "no load seen on the server: " + (
+            rate.communicate()[1] if rate.poll() is not None else "served_rate still running"
+        )
+        os.kill(target, signal.SIGSTOP)
+        time.sleep(12)
+        os.kill(target, signal.SIGCONT)
+        _, stderr = rate.communicate(timeout=600)
+    finally:
+        if target is not None:
+            with contextlib.suppress(ProcessLookupError):  # gone already: served_rate stopped its server
+                os.kill(target, signal.SIGCONT)
+        if rate.poll() is None:
+            rate.terminate()  # served_rate stops its server on SIGTERM
+            rate.communicate(timeout=120)
+    assert rate.returncode == 0, stderr
+    assert "measurement 1 of at most 3 discarded: this process or the server was stopped for" in stderr
+    figure = json.loads(out.read_text())
+    assert figure["discarded_stopped_measurements"] == 1
+    assert figure["failures"] == 0 and figure["requests"] > 0
+    assert _servers_of(models) == [], "served_rate left its server running"
 
 
 def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tmp_path):
