@@ -384,6 +384,8 @@ def _speed_details(cell: dict) -> str:
             f"served {served['images_per_second']:.1f} img/s at {served['callers']} callers{of_best}, p50 "
             f"{served['p50_ms']:.0f} ms" + (f", mean batch {batch:.1f}" if batch else "")
         )
+        if served.get("discarded_stopped_measurements"):  # served_rate measured again after a SIGSTOP
+            parts[-1] += f" ({served['discarded_stopped_measurements']} stopped measurement(s) discarded)"
     return "; ".join(parts) or "both speed stages failed"
 
 

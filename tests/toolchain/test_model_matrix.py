@@ -215,7 +215,10 @@ def test_the_speed_and_transposes_tables_show_figures_failed_stages_and_skips():
     details = next(line for line in text.splitlines() if line.startswith("| m | a | pass"))
     assert "Session batch 8 108.0 img/s vs ONNX Runtime batch 8 120.0" in details
     assert "batch 1 12.5 ms vs 10.0 ms" in details
-    assert "served 91.4 img/s at 16 callers (0.85× the Session's best), p50 170 ms" in details
+    assert "served 91.4 img/s at 16 callers (0.85× the Session's best), p50 170 ms, mean batch 7.5 |" in details
+    retaken = _cell(speed=measured | {"served": served | {"discarded_stopped_measurements": 2}})
+    details = next(line for line in markdown([retaken], ["a"], ["m"], "x").splitlines() if "| m | a | pass" in line)
+    assert "p50 170 ms, mean batch 7.5 (2 stopped measurement(s) discarded) |" in details
 
 
 def test_a_cell_whose_onnx_file_was_rewritten_says_so_in_its_details():
