@@ -107,7 +107,7 @@ def measure(
     request.model_spec.name = model
     request.model_spec.signature_name = "serving_default"
     request.inputs["input"].CopyFrom(tf.make_tensor_proto(tensor))
-    errors: list[str] = []
+    errors: list[str] = []  # every failed call's error, warm-up included (Load counts the measured window's only)
     with (
         tempfile.TemporaryDirectory(prefix="pt2tf-served-rate-") as tmp,
         ServerProcess(embedded_flags(config_copy(Path(tmp) / "config", model=model), models, *NO_RETRY)) as server,
@@ -119,8 +119,10 @@ def measure(
             try:
                 stub.Predict(request, timeout=deadline)
             except grpc.RpcError as error:
-                if not errors:
-                    errors.append(f"{error.code().name}: {error.details()}")
+                errors.append(f"{error.code().name}: {error.details()}")  # list.append: one step under the GIL
+                raise
+            except Exception as error:
+                errors.append(f"{type(error).__name__}: {error}")
                 raise
 
         try:
@@ -136,7 +138,8 @@ def measure(
                 stopped.append(stops.seconds)
                 print(
                     f"  measurement {len(stopped)} of at most {ATTEMPTS} discarded: this process or the server was "
-                    f"stopped for {stops.seconds:.0f} s of it ({figure.requests} answered, {figure.failures} failed)",
+                    f"stopped for {stops.seconds:.0f} s of it ({figure.requests} answered in its window, {len(errors)} "
+                    "failed)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -148,10 +151,10 @@ def measure(
                 )
         finally:
             channel.close()
-    if figure.failures or errors:
+    if errors:  # Load's failures are among them
         raise ServedRateError(
-            f"{figure.failures} of {figure.failures + figure.requests} gRPC requests failed "
-            f"(first: {errors[0] if errors else 'unknown'}); see the server's log by serving {models} yourself"
+            f"{len(errors)} gRPC requests failed, {figure.failures} of {figure.failures + figure.requests} in the "
+            f"measured window (first: {errors[0]}); see the server's log by serving {models} yourself"
         )
     if not figure.requests:
         raise ServedRateError(f"no request was answered within {seconds:g} s after {warmup:g} s of warm-up")
