@@ -241,11 +241,19 @@ def _rewrite_lines(report: dict) -> list[str]:
         count = onnx_rewrite["range_scalar_bounds"]
         nodes = f" ({', '.join(onnx_rewrite['nodes'])})" if count else ""
         lines.append(f"- ONNX, before the converter: {count} Range bound(s) made scalar{nodes}.")
+        folded = onnx_rewrite.get("folded_tensors", [])  # absent from versions converted before folding
+        if folded:
+            lines.append(
+                f"- ONNX, before the converter: {len(folded)} tensor(s) computed from constants and fixed sizes alone "
+                f"made initializers, {onnx_rewrite['folded_nodes']} node(s) removed ({', '.join(folded)})."
+            )
     if graph is not None:
         before, after = graph["ops_before"].get("Transpose", 0), graph["ops_after"].get("Transpose", 0)
         lines.append(
             f"- TensorFlow graph, after it: {before} → {after} Transpose ops ({graph['transpose_pairs_cancelled']} "
-            f"inverse pairs cancelled), {graph['pads_folded']} Pad folded, {graph['bias_adds']} Add → BiasAdd."
+            f"inverse pairs cancelled), {graph['pads_folded']} Pad folded into Conv2D, "
+            f"{graph.get('max_pool_pads_folded', 0)} into MaxPool, {graph['bias_adds']} Add → BiasAdd"
+            + (f", input pinned to {graph['input_shape']}." if graph.get("input_shape") else ".")
         )
     calibration = report.get("calibration") or {}
     if "grey_level_margin_ratio" in calibration:

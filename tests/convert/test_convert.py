@@ -22,6 +22,7 @@ from pt2tf_convert.repository import RepositoryError, staged_version, versions
 from pt2tf_convert.signatures import CONTRACT, _resized_size, contract_problems
 from pt2tf_convert.support import check_supported
 from pt2tf_convert.verify import Thresholds, verify
+from tensorflow.core.framework import graph_pb2
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +420,92 @@ def test_a_transpose_that_meets_no_inverse_is_kept():
     assert [n.op for n in rewritten.node].count("Transpose") == 1 and cancelled == 0
     value = np.random.default_rng(1).normal(size=(2, 3, 4, 5)).astype(np.float32)
     np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
+
+
+def _nhwc_graph(build, shape=(2, 7, 7, 3)) -> tuple:
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, shape, name="x")
+        y = tf.identity(build(x), name="y")
+    return graph.as_graph_def(), x.name, y.name
+
+
+@pytest.mark.parametrize("fill, folds", [(np.finfo(np.float32).min, True), (-np.inf, True), (0.0, False)])
+def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, folds):
+    from pt2tf_convert.optimize import _fold_max_pool_pads, _Graph
+
+    def build(x):  # converters' padded max-pool: pad with the lowest float, pool unpadded
+        padded = tf.raw_ops.PadV2(input=x, paddings=[[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=fill)
+        return tf.nn.max_pool2d(padded, 3, 2, "VALID")
+
+    graph_def, x, y = _nhwc_graph(build)
+    rewritten = graph_pb2.GraphDef()
+    rewritten.CopyFrom(graph_def)
+    graph = _Graph(rewritten, {y.split(":")[0]})
+    assert _fold_max_pool_pads(graph) == int(folds)
+    graph.prune()
+    ops = [n.op for n in rewritten.node]
+    # all-negative values: a zero pad would win every border window, so it must not be folded
+    value = -np.random.default_rng(2).uniform(1, 2, size=(2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
+    assert ("PadV2" not in ops) == folds
+
+
+@pytest.mark.parametrize("keep_dims, transposes_left", [(True, 1), (False, 0)])
+def test_a_mean_over_a_transpose_reduces_first(keep_dims, transposes_left):
+    from pt2tf_convert.optimize import _split, sink_transposes
+
+    def build(x):  # onnx2tf's global average pool: NHWC → NCHW, mean over H and W
+        return tf.reduce_mean(tf.transpose(x, [0, 3, 1, 2]), axis=[2, 3], keepdims=keep_dims)
+
+    graph_def, x, y = _nhwc_graph(build)
+    rewritten, sunk, _ = sink_transposes(graph_def, [y])
+    transposes = [n for n in rewritten.node if n.op == "Transpose"]
+    assert sunk == 1 and len(transposes) == transposes_left
+    mean = next(n for n in rewritten.node if n.op == "Mean")
+    assert _split(mean.input[0])[0] == x.split(":")[0], "the Mean reads the NHWC input itself"
+    value = np.random.default_rng(3).normal(size=(2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-7)
+
+
+def test_every_residual_add_has_operands_the_remapper_can_prove_the_same_shape(published):
+    """Grappler's remapper fuses Add+Relu into the convolution only for operands of provably equal shapes.
+
+    Its shape inference treats a fed input as any shape (assume_valid_feeds is off below AGGRESSIVE),
+    as grappler.Item's does here; without the pinned input shape, ResNet's downsampling blocks had a
+    stride-2 convolution's and the shortcut's outputs as different unknown sizes, and ran unfused.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.grappler import item as grappler_item
+
+    _, version_dir = published
+    frozen = convert_variables_to_constants_v2(tf.saved_model.load(str(version_dir)).signatures["serving_default"])
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+        tf.compat.v1.add_to_collection("train_op", graph.get_operation_by_name(frozen.outputs[0].op.name))
+        properties = grappler_item.Item(tf.compat.v1.train.export_meta_graph(graph=graph)).GetOpProperties()
+
+    def constant(op) -> bool:  # weights reach the frozen graph as Identity(Const)
+        while op.type == "Identity":
+            op = op.inputs[0].op
+        return op.type == "Const"
+
+    adds = [
+        op
+        for op in graph.get_operations()
+        if op.type in ("Add", "AddV2") and not any(constant(i.op) for i in op.inputs)
+    ]
+
+    def shape(tensor) -> list[int]:
+        return [d.size for d in properties[tensor.op.name][tensor.value_index].shape.dim]
+
+    # residual Adds: two activations (the classifier's bias, computed on onnx-tf's lane, is a vector)
+    adds = [op for op in adds if all(len(shape(i)) == 4 for i in op.inputs)]
+    assert len(adds) == 8, f"ResNet18 has 8 residual Adds; found {[op.name for op in adds]}"
+    for add in adds:
+        shapes = [shape(i) for i in add.inputs]
+        assert shapes[0] == shapes[1], f"{add.name}: operand shapes {shapes} are not provably equal"
+        assert all(size > 0 for size in shapes[0][1:]), f"{add.name}: spatial sizes unknown: {shapes[0]}"
 
 
 def test_the_published_graph_is_frozen_and_keeps_no_layout_transposes(published):
