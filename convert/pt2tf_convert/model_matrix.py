@@ -309,12 +309,16 @@ def transposes(cell: dict | None) -> tuple[int, int] | None:
 
 
 def _onnx_rewrite_text(cell: dict) -> str:
-    """What onnx_rewrite changed in the ONNX file before the converter read it, when it changed anything."""
+    """What onnx_rewrite changed in the ONNX file before the converter read it, when it changed anything (a record
+    from before the constant folding has no folded_tensors)."""
     rewrite = cell.get("onnx_rewrite") or {}
-    if not rewrite.get("range_scalar_bounds"):
-        return ""
-    count, nodes = rewrite["range_scalar_bounds"], ", ".join(rewrite["nodes"])
-    return f"ONNX rewrite: {count} Range bound(s) made scalar ({nodes}); "
+    parts = []
+    if rewrite.get("folded_tensors"):
+        folded = rewrite["folded_tensors"]
+        parts.append(f"{len(folded)} constant tensor(s) folded, {rewrite['folded_nodes']} node(s) removed")
+    if rewrite.get("range_scalar_bounds"):
+        parts.append(f"{rewrite['range_scalar_bounds']} Range bound(s) made scalar ({', '.join(rewrite['nodes'])})")
+    return f"ONNX rewrite: {', '.join(parts)}; " if parts else ""
 
 
 def _not_measured(cell: dict | None) -> str | None:
