@@ -26,6 +26,8 @@ EXPORTED_MODEL = PYTHONPATH=toolchain:convert $(PYTHON) -c "from pathlib import 
   print(served_model(Path('artifacts') / load_matrix().default_lane, None))"
 # default: 5 concurrency steps per protocol, batching off and on, and the capacity search (~12 min on the AVX-512 EPYC); full: the long sweep; smoke: seconds
 LOADTEST_PROFILE ?= default
+# yes: `make models` measures each passing cell's speed (bench and serve stages); no: parity only
+SPEED ?= yes
 # the model version `make rollout` takes from canary to stable
 CANDIDATE ?=
 
@@ -37,8 +39,9 @@ help:
 	@echo "make test       the whole test suite: lint, lock check, export, every lane's convert+verify"
 	@echo "make matrix     export → convert → verify on every lane, then one table of all lanes"
 	@echo "make lane LANE=onnx-tf   one lane: export, convert, verify, and its convert and serve test suites"
-	@echo "make models     export → convert → verify of nine torchvision architectures on every lane (reports/models.md);"
-	@echo "                MODELS='resnet50 swin_t' for some"
+	@echo "make models     nine torchvision architectures on every lane: export → convert → verify, then Session ÷ ONNX"
+	@echo "                Runtime and served gRPC speed (reports/models.md, .html); MODELS='resnet50 swin_t' for some,"
+	@echo "                SPEED=no for parity only"
 	@echo "make serve      serve models/<lane>/ on :8500 (gRPC) and :8501 (REST) until Ctrl-C; SERVER=docker|embedded"
 	@echo "make serve-bench  served vs in-process throughput, batching on/off, REST vs gRPC (reports/serve-bench.md)"
 	@echo "make loadtest   Locust sweep, open-loop capacity search, SLO gate, reports/loadtest/;"
@@ -79,8 +82,9 @@ matrix: tools
 	@$(NOX) -t matrix
 
 models: tools
-	@echo "==> architectures × lanes: export, convert, verify each; one cell per pair (reports/models.md)"
-	@$(NOX) -s models -- $(MODELS)
+	@case "$(SPEED)" in yes|no) ;; *) echo "SPEED=$(SPEED): use yes (measure each passing cell's speed) or no"; exit 2;; esac
+	@echo "==> architectures × lanes: export, convert, verify, bench, serve each; one cell per pair (reports/models.md, .html)"
+	@$(NOX) -s models -- $(MODELS) $(if $(filter no,$(SPEED)),--no-speed)
 
 lane: tools
 	@echo "==> lane $(LANE): export, convert, verify; then its convert and serve test suites"

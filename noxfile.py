@@ -454,14 +454,21 @@ MATRIX_MODELS = (
 
 @nox.session(python=False)
 def models(session: nox.Session) -> None:
-    """Export → convert → verify each architecture on every lane, a cell each (reports/models.md); -- NAME... picks."""
+    """Each architecture on every lane: parity, transposes, Session ÷ ORT and served speed (reports/models.md, .html);
+    -- NAME... picks, --no-speed skips the speed."""
     lanes = []
     for lane in MATRIX.lanes.values():
+        if len({lane.env_for(stage) for stage in ("convert", "verify", "bench", "serve")}) != 1:
+            session.error(f"lane {lane.name}: model_matrix runs convert, verify, bench and serve in one env; "
+                          "toolchain.toml gives it several — give model_matrix a python per stage first")  # fmt: skip
         pythons = [env_python(session, lane.env_for(stage)) for stage in ("export", "convert")]
         lanes += ["--lane", ":".join([lane.name, lane.exporter, str(lane.opset), lane.converter, *pythons])]
-    names = session.posargs or list(MATRIX_MODELS)
+    options = [arg for arg in session.posargs if arg.startswith("-")]
+    names = [arg for arg in session.posargs if not arg.startswith("-")] or list(MATRIX_MODELS)
+    chart_python = env_python(session, MATRIX.lane(None).env_for("verify"))  # any lane's env has matplotlib
     _run_here(session, "pt2tf_convert.model_matrix", "--out", str(REPORTS / "models"), *lanes, "--models", *names,
-              "--cpu", cpu_info().describe())  # fmt: skip
+              "--cpu", cpu_info().describe(), "--platform-config", str(PLATFORM_CONFIG), "--chart-python",
+              chart_python, *options)  # fmt: skip
 
 
 @nox.session(python=False, name="matrix-table", tags=["matrix"])

@@ -147,9 +147,8 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     number = int(version.name)
     servable = Servable(args.model_name, number, version, config, ["serve"])
     sessions = {name: servable.signatures[name] for name in ("serving_default", "predict_images")}
-    loaded = tf.saved_model.load(str(version))
-    serving = loaded.signatures["serving_default"]
-    if args.variant == "xla":
+    serving = tf.saved_model.load(str(version)).signatures["serving_default"] if args.loaded else None
+    if args.loaded and args.variant == "xla":
         serving = tf.function(serving, jit_compile=True)
     ort = onnxruntime_session(args.artifacts / "model.onnx")
     jpeg = next(p for p, name in zip(photo_bytes(ref), ref["photo_names"], strict=True) if name.endswith(".jpg"))
@@ -165,8 +164,9 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
         x = batch_of(ref["inputs"], batch)
         calls.append((ort_label, "-", "-", batch, lambda x=x: ort.run(["output"], {"input": x})))
         calls.append((label, "serving_default", SESSION, batch, session_call("serving_default", "input", x, "output")))
-        tensor = tf.constant(x)
-        calls.append((label, "serving_default", LOADED, batch, lambda t=tensor: serving(input=t)["output"].numpy()))
+        if args.loaded:
+            tensor = tf.constant(x)
+            calls.append((label, "serving_default", LOADED, batch, lambda t=tensor: serving(input=t)["output"].numpy()))
         if args.images:
             b = np.array([jpeg] * batch, dtype=object)
             calls.append(
@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (savedmodel runtime)")
     parser.add_argument("--no-images", dest="images", action="store_false", help="skip predict_images")
+    parser.add_argument(
+        "--no-loaded", dest="loaded", action="store_false", help="skip the tf.saved_model.load path (Session only)"
+    )
     parser.add_argument("--min-iters", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=3.0)
     parser.add_argument("--out", required=True, type=Path, help="JSON file to write the measurements to")
