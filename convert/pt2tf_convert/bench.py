@@ -30,6 +30,7 @@ import numpy as np
 from pt2tf_serve.cpu import CONTRACTION_ENV, ONEDNN_ENV
 
 from .artifacts import load_reference, photo_bytes
+from .atomic import replace_file
 from .runtimes import onnxruntime_session
 
 BATCH_SIZES = (1, 8, 32)
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     record = {"machine": machine(args), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    replace_file(args.out, json.dumps(record, indent=2) + "\n")
     return 0
 
 

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .atomic import replace_file
+
 THROUGHPUT_TARGET = 0.95
 SESSION_PATH = "Session (as TF Serving)"  # pt2tf_convert.bench.SESSION; this module imports nothing of the project
 LATENCY_TARGET = 1.3
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     onednn = onednn_table(runs, SESSION_PATH)
     if onednn:
         text += f"\noneDNN in each TensorFlow process, `serving_default` on the {SESSION_PATH} path:\n\n{onednn}\n"
-    (root.parent / f"{root.name}.md").write_text(text)
+    replace_file(root.parent / f"{root.name}.md", text)
     print(text)
     return 0
 

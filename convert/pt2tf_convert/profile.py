@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import load_reference
+from .atomic import replace_file
 from .bench import batch_of, session_config
 from .runtimes import onnxruntime_session
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    replace_file(args.out, json.dumps(record, indent=2) + "\n")
     return 0
 
 

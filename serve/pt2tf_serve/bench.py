@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from pt2tf_convert.atomic import replace_file
 
 from .cpu import cpu_info
 from .metrics import PROCESSED_BATCH_SIZE, fetch_page
@@ -360,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     served_memory = {"batching on": memory_on, "batching off": memory_off}
     text = report(cpu, rates, figures, args) + "\n".join(memory_lines(bare, served_memory)) + "\n"
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.rename(args.out)
+    replace_file(args.out, text)
     payload = {
         "cpu": cpu,
         "in_process": rates,
@@ -372,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "bare_rss_bytes": bare,
         "served_rss_bytes": served_memory,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+    replace_file(args.out.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
     return 0
 
 

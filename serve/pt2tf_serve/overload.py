@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pt2tf_convert.atomic import replace_file
 
 from .cpu import cpu_info
 from .process import ServerProcess, config_copy, embedded_flags
@@ -179,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"the server died during the floods:\n{server.tail()}")
     text = report(cpu, idle, floods)
     print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    replace_file(args.out, text)
     payload = {"cpu": cpu, "idle_rss_mib": idle, "floods": [asdict(f) for f in floods]}
-    args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
+    replace_file(args.out.with_suffix(".json"), json.dumps(payload, indent=1) + "\n")
     return 0
 
 
