@@ -115,7 +115,8 @@ def _run(
             if left <= 0:
                 process.terminate()  # SIGTERM first: the serve stage stops its server on the way out
                 try:
-                    process.communicate(timeout=60)
+                    # longer than ServerProcess.stop gives its server (60 s) before it kills the server's group
+                    process.communicate(timeout=150)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.communicate()

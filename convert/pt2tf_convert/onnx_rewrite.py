@@ -311,6 +311,8 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite
     read by a node computed from the input, is an initializer of the same name, the nodes only it needed removed;
     `model` itself, untouched, when there is no such tensor."""
     rewrite = OnnxRewrite()
+    if model.ir_version < 4:
+        return model, rewrite  # IR 3 wants every initializer listed as a graph input too; exporters write IR ≥ 7
     # One list of the nodes, used throughout (nodes are told apart by id): a fresh iteration of the repeated field
     # may give other Python objects.
     nodes = list(model.graph.node)

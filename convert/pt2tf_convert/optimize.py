@@ -38,7 +38,8 @@ from .signatures import CROP, ConvertedModel
 UNARY = {"Relu", "Relu6", "Identity", "Neg", "Sigmoid", "Tanh", "Elu", "Selu"}
 BINARY = {"Add", "AddV2", "Sub", "Mul", "Maximum", "Minimum", "RealDiv", "BiasAdd"}
 PADS = {"Pad", "PadV2", "MirrorPad"}
-# Reductions over constant axes: reduce(transpose(x, p), axes) == transpose'(reduce(x, p[axes])).
+# Reductions over constant axes: reduce(transpose(x, p), axes) == transpose'(reduce(x, p[axes])), up to the
+# order in which Mean, Sum and Prod add (Max and Min are exact).
 REDUCTIONS = {"Mean", "Sum", "Max", "Min", "Prod"}
 # Ops that only compute shapes and amounts when all their inputs are constants.
 SHAPE_ARITHMETIC = {"Pack", "StridedSlice", "Add", "AddV2", "Sub", "Mul", "Cast", "Reshape", "ConcatV2", "Range"}
@@ -65,7 +66,8 @@ class Rewrite:
         return (
             f"{before} → {after} Transpose ops ({self.transpose_pairs_cancelled} inverse pairs cancelled), "
             f"{self.pads_folded} Pad folded into Conv2D padding, {self.max_pool_pads_folded} into MaxPool, "
-            f"{self.bias_adds} Add → BiasAdd, input shape pinned to {list(self.input_shape or [])}"
+            f"{self.bias_adds} Add → BiasAdd, input shape pinned to "
+            f"[{', '.join('batch' if d is None else str(d) for d in self.input_shape or ())}]"
         )
 
 
@@ -195,14 +197,18 @@ def _sink_below_reduction(graph: _Graph, node: node_def_pb2.NodeDef) -> bool:
         return False
     x, perm = source
     rank = len(perm)
-    reduced = {int(a) % rank for a in np.atleast_1d(axes)}
+    listed = [int(a) for a in np.atleast_1d(axes)]
+    reduced = {a % rank for a in listed}
+    if any(not -rank <= a < rank for a in listed) or len(reduced) != len(listed):
+        return False  # TensorFlow refuses these at run time; left for it to say so
     if node.attr["keep_dims"].b:
         after = perm
     else:
         kept = [perm[i] for i in range(rank) if i not in reduced]
         after = tuple(sorted(kept).index(k) for k in kept)
     identity = after == tuple(range(len(after)))
-    if not identity and [c.name for c in graph.consumers(_split(node.input[0])[0])] != [node.name]:
+    transpose = _split(node.input[0])[0]
+    if not identity and (transpose in graph.keep or [c.name for c in graph.consumers(transpose)] != [node.name]):
         # The full-size transpose stays for its other readers (a LayerNorm's Sub): one more, not one fewer.
         return False
     moved = graph.add_const(node.name + "/axes", np.array(sorted(perm[a] for a in reduced), dtype=axes.dtype))
@@ -417,6 +423,8 @@ def _fold_max_pool_pads(graph: _Graph) -> int:
         paddings, fill = graph.const_value(pad.input[1]), graph.const_value(pad.input[2])
         if paddings is None or fill is None or paddings.shape != (4, 2) or np.any(paddings[[0, 3]] != 0):
             continue
+        if not paddings.any():
+            continue  # no padding: nothing for the pool to take over
         ksize = list(pool.attr["ksize"].list.i)
         if fill.size != 1 or float(fill) > lowest or any(paddings[a][s] >= ksize[a] for a in (1, 2) for s in (0, 1)):
             continue  # a window of padding only would give the fill value, not what EXPLICIT gives

@@ -233,6 +233,11 @@ def _plot(path: Path, errors: dict[str, np.ndarray], title: str, threshold: floa
     plt.close(fig)
 
 
+def _dims(shape: list) -> str:
+    """[None, 224, 224, 3] as 'batch, 224, 224, 3'."""
+    return ", ".join("batch" if d is None else str(d) for d in shape)
+
+
 def _rewrite_lines(report: dict) -> list[str]:
     """The ONNX and graph rewrites the version's conversion applied, and what the seeded calibration reached."""
     onnx_rewrite, graph = report["rewrites"]["onnx"], report["rewrites"]["graph"]
@@ -253,7 +258,7 @@ def _rewrite_lines(report: dict) -> list[str]:
             f"- TensorFlow graph, after it: {before} → {after} Transpose ops ({graph['transpose_pairs_cancelled']} "
             f"inverse pairs cancelled), {graph['pads_folded']} Pad folded into Conv2D, "
             f"{graph.get('max_pool_pads_folded', 0)} into MaxPool, {graph['bias_adds']} Add → BiasAdd"
-            + (f", input pinned to {graph['input_shape']}." if graph.get("input_shape") else ".")
+            + (f", input pinned to [{_dims(graph['input_shape'])}]." if graph.get("input_shape") else ".")
         )
     calibration = report.get("calibration") or {}
     if "grey_level_margin_ratio" in calibration:

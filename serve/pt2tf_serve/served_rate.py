@@ -100,6 +100,13 @@ def measure(
 
     from .bench import Load, _batch_totals
 
+    def _metrics(rest_url: str) -> tuple[float, float]:
+        """The server's batch counters; a metrics page that does not answer is this run's error, named."""
+        try:
+            return _batch_totals(rest_url)
+        except OSError as error:
+            raise ServedRateError(f"the server's metrics at {rest_url} did not answer: {error}") from error
+
     if not versions(models / model):
         raise ServedRateError(f"no model version under {models / model}: convert {model} into {models} first")
     tensor = load_reference(artifacts)["inputs"][:1]
@@ -130,9 +137,9 @@ def measure(
             for _ in range(ATTEMPTS):
                 errors.clear()
                 with Stops(server.process.pid) as stops:
-                    before = _batch_totals(server.rest_url)
+                    before = _metrics(server.rest_url)
                     figure = Load(call, callers, 1).run(warmup, seconds, f"gRPC serving_default, {callers} callers")
-                    rows, batches = (a - b for a, b in zip(_batch_totals(server.rest_url), before, strict=True))
+                    rows, batches = (a - b for a, b in zip(_metrics(server.rest_url), before, strict=True))
                 if not stops.seconds:
                     break
                 stopped.append(stops.seconds)
@@ -199,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         figure = measure(
             args.models, args.model, args.artifacts, args.callers, args.warmup, args.seconds, args.deadline
         )
-    except (ServedRateError, RuntimeError) as error:  # RuntimeError: ServerProcess's "exited before it was ready"
+    except RuntimeError as error:  # ServedRateError, and ServerProcess's "exited before it was ready"
         lines = str(error).splitlines()
         print(str(error), file=sys.stderr)  # the server's own last lines, when it did not start
         print(f"error: {lines[0]}" + (f" {lines[-1].strip()}" if len(lines) > 1 else ""), file=sys.stderr)

@@ -430,12 +430,29 @@ def _nhwc_graph(build, shape=(2, 7, 7, 3)) -> tuple:
     return graph.as_graph_def(), x.name, y.name
 
 
-@pytest.mark.parametrize("fill, folds", [(np.finfo(np.float32).min, True), (-np.inf, True), (0.0, False)])
-def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, folds):
+SYMMETRIC, CEIL_MODE, WHOLE_KERNEL = (
+    [[0, 0], [1, 1], [1, 1], [0, 0]],
+    [[0, 0], [0, 1], [1, 2], [0, 0]],
+    [[0, 0], [3, 0], [0, 0], [0, 0]],
+)
+
+
+@pytest.mark.parametrize(
+    "fill, paddings, folds",
+    [
+        (np.finfo(np.float32).min, SYMMETRIC, True),
+        (-np.inf, SYMMETRIC, True),
+        (np.finfo(np.float32).min, CEIL_MODE, True),  # PyTorch's ceil_mode: more padding after than before
+        (0.0, SYMMETRIC, False),
+        (np.finfo(np.float32).min, WHOLE_KERNEL, False),  # a window of padding only would give the fill value
+    ],
+    ids=["lowest", "-inf", "ceil mode", "zero fill", "a kernel's worth"],
+)
+def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, paddings, folds):
     from pt2tf_convert.optimize import _fold_max_pool_pads, _Graph
 
     def build(x):  # converters' padded max-pool: pad with the lowest float, pool unpadded
-        padded = tf.raw_ops.PadV2(input=x, paddings=[[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=fill)
+        padded = tf.raw_ops.PadV2(input=x, paddings=paddings, constant_values=fill)
         return tf.nn.max_pool2d(padded, 3, 2, "VALID")
 
     graph_def, x, y = _nhwc_graph(build)
@@ -451,20 +468,28 @@ def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, fol
     assert ("PadV2" not in ops) == folds
 
 
-@pytest.mark.parametrize("keep_dims, transposes_left", [(True, 1), (False, 0)])
-def test_a_mean_over_a_transpose_reduces_first(keep_dims, transposes_left):
+@pytest.mark.parametrize(
+    "perm, axes, keep_dims, transposes_left",
+    [
+        ([0, 3, 1, 2], [2, 3], True, 1),  # onnx2tf's global average pool: NHWC → NCHW, mean over H and W
+        ([0, 3, 1, 2], [2, 3], False, 0),  # what is left, [N, C], is in order either way
+        ([0, 2, 3, 1], [1], False, 1),  # what is left is not: [N, W, C] of x's [N, C, W] after the mean
+        ([0, 2, 3, 1], np.int64(-1), True, 1),  # a scalar, negative, int64 axis
+    ],
+)
+def test_a_mean_over_a_transpose_reduces_first(perm, axes, keep_dims, transposes_left):
     from pt2tf_convert.optimize import _split, sink_transposes
 
-    def build(x):  # onnx2tf's global average pool: NHWC → NCHW, mean over H and W
-        return tf.reduce_mean(tf.transpose(x, [0, 3, 1, 2]), axis=[2, 3], keepdims=keep_dims)
+    def build(x):
+        return tf.reduce_mean(tf.transpose(x, perm), axis=tf.constant(axes), keepdims=keep_dims)
 
-    graph_def, x, y = _nhwc_graph(build)
+    graph_def, x, y = _nhwc_graph(build, shape=(2, 7, 5, 3))
     rewritten, sunk, _ = sink_transposes(graph_def, [y])
     transposes = [n for n in rewritten.node if n.op == "Transpose"]
     assert sunk == 1 and len(transposes) == transposes_left
     mean = next(n for n in rewritten.node if n.op == "Mean")
-    assert _split(mean.input[0])[0] == x.split(":")[0], "the Mean reads the NHWC input itself"
-    value = np.random.default_rng(3).normal(size=(2, 7, 7, 3)).astype(np.float32)
+    assert _split(mean.input[0])[0] == x.split(":")[0], "the Mean reads the input itself"
+    value = np.random.default_rng(3).normal(size=(2, 7, 5, 3)).astype(np.float32)
     np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-7)
 
 
