@@ -105,6 +105,16 @@ def _fresh(taken: set[str], base: str) -> str:
     return name
 
 
+def _set_nodes(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    """Make `nodes` (copied first: they may be the graph's own messages) the model's graph nodes, then check it."""
+    copies = [onnx.NodeProto() for _ in nodes]
+    for copy, node in zip(copies, nodes, strict=True):
+        copy.CopyFrom(node)
+    del model.graph.node[:]
+    model.graph.node.extend(copies)
+    onnx.checker.check_model(model)
+
+
 def _matches(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[tuple[int, onnx.NodeProto, int, tuple]]:
     """(index in `nodes`, Range node, input position, what _one_size_slice found) for each matching bound."""
     producers = {out: node for node in nodes for out in node.output}
@@ -162,12 +172,7 @@ def scalar_range_bounds(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRe
         if not dead:
             break
         ordered = [n for n in ordered if id(n) not in dead]
-    kept = [onnx.NodeProto() for _ in ordered]
-    for copy, node in zip(kept, ordered, strict=True):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    onnx.checker.check_model(result)
+    _set_nodes(result, ordered)
     return result, rewrite
 
 
@@ -353,12 +358,7 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite
     value_info = [v for v in graph.value_info if v.name in present]
     del graph.value_info[:]
     graph.value_info.extend(value_info)
-    copies = [onnx.NodeProto() for _ in kept]
-    for copy, node in zip(copies, kept, strict=True):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
-    onnx.checker.check_model(result)
+    _set_nodes(result, kept)
     rewrite.folded_tensors = names
     rewrite.folded_nodes = len(removed)
     return result, rewrite

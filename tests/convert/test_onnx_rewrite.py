@@ -148,24 +148,29 @@ def test_what_does_not_match_is_left_byte_identical(bound):
         _run(model, batch)  # a valid model that ONNX Runtime runs: the test is about the rewrite, not the file
 
 
+def _only_the_rewritten_converts(model: onnx.ModelProto, tmp_path, error: str):
+    """onnx2tf fails on `model` with `error`, and converts what prepare() makes of it: (converted, rewrite)."""
+    from pt2tf_convert.backends import ConversionError, load_backend
+
+    backend = load_backend("onnx2tf")
+    original = tmp_path / "original.onnx"
+    onnx.save(model, str(original))
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ConversionError, match=error):
+        backend.convert(model, original, tmp_path / "a")
+    rewritten, rewrite = prepare(model)
+    path = tmp_path / "rewritten.onnx"
+    onnx.save(rewritten, str(path))
+    (tmp_path / "b").mkdir()
+    return backend.convert(rewritten, path, tmp_path / "b"), rewrite
+
+
 def test_on_onnx2tf_the_rewrite_is_what_lets_the_range_convert(lane, tmp_path):
     """onnx2tf reads Shape's start/end as axes (end=1 → 3 in NHWC): the original fails, the rewritten converts."""
     if lane.converter != "onnx2tf":
         pytest.skip(f"lane {lane.name} converts with {lane.converter}; the pattern is onnx2tf's to mistranslate")
-    from pt2tf_convert.backends import ConversionError, load_backend
-
-    backend = load_backend("onnx2tf")
     model = _model(_squeezed_shape_slice())
-    original = tmp_path / "original.onnx"
-    onnx.save(model, str(original))
-    (tmp_path / "a").mkdir()
-    with pytest.raises(ConversionError, match="Shape must be rank 0 but is rank 1"):
-        backend.convert(model, original, tmp_path / "a")
-    rewritten, _ = prepare(model)
-    path = tmp_path / "rewritten.onnx"
-    onnx.save(rewritten, str(path))
-    (tmp_path / "b").mkdir()
-    converted = backend.convert(rewritten, path, tmp_path / "b")
+    converted, _ = _only_the_rewritten_converts(model, tmp_path, "Shape must be rank 0 but is rank 1")
     for batch in BATCH_SIZES:
         x = np.random.default_rng(batch).normal(size=(batch, 3, 4, 4)).astype(np.float32)
         outputs = [np.asarray(t) for t in converted.call(x.transpose(0, 2, 3, 1) if converted.layout == "NHWC" else x)]
@@ -356,21 +361,11 @@ def test_on_onnx2tf_folding_is_what_lets_a_mask_from_fixed_sizes_convert(lane, t
     shape): the original fails, the folded one converts with ONNX Runtime's values at every batch size."""
     if lane.converter != "onnx2tf":
         pytest.skip(f"lane {lane.name} converts with {lane.converter}; the failure is onnx2tf's")
-    from pt2tf_convert.backends import ConversionError, load_backend
-
-    backend = load_backend("onnx2tf")
     model = _masked(sizes)
-    original = tmp_path / "original.onnx"
-    onnx.save(model, str(original))
-    (tmp_path / "a").mkdir()
-    with pytest.raises(ConversionError, match=r"sng_Add_5|'NoneType' object has no attribute 'shape'"):
-        backend.convert(model, original, tmp_path / "a")
-    rewritten, rewrite = prepare(model)
+    converted, rewrite = _only_the_rewritten_converts(
+        model, tmp_path, r"sng_Add_5|'NoneType' object has no attribute 'shape'"
+    )
     assert rewrite.folded_tensors == ["mask"]
-    path = tmp_path / "rewritten.onnx"
-    onnx.save(rewritten, str(path))
-    (tmp_path / "b").mkdir()
-    converted = backend.convert(rewritten, path, tmp_path / "b")
     for batch in BATCH_SIZES:
         x = np.random.default_rng(batch).normal(size=(batch, 3, 6, 6)).astype(np.float32)
         output = np.asarray(converted.call(x.transpose(0, 2, 3, 1) if converted.layout == "NHWC" else x))
