@@ -121,25 +121,39 @@ def bare_memory(version_dir: Path, tensors: np.ndarray, photos: list[bytes]) -> 
     return stages
 
 
-class PeakMemory:
-    """Samples a server's RSS every 50 ms while in use; `peak` is the highest seen."""
+class Sampling:
+    """Calls `sample()` every `interval` seconds on a thread of its own while in its `with`."""
 
-    def __init__(self, server: ServerProcess):
-        self.server, self.peak = server, server.rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self, interval: float):
+        self.interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, self.server.rss_bytes())
+    def _loop(self) -> None:
+        while not self._done.wait(self.interval):
+            self.sample()
 
-    def __enter__(self) -> PeakMemory:
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
+        self._done.set()
         self._thread.join()
+
+
+class PeakMemory(Sampling):
+    """Samples a server's RSS every `interval` seconds (50 ms) while in use; `peak` is the highest seen."""
+
+    def __init__(self, server: ServerProcess, interval: float = 0.05):
+        super().__init__(interval)
+        self.server, self.peak = server, server.rss_bytes()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.server.rss_bytes())
 
 
 class Load:

@@ -21,13 +21,13 @@ import json
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from pt2tf_convert.atomic import replace_file
 
+from .bench import Sampling
 from .process import ServerProcess, config_copy, embedded_flags
 
 # A version that fails to load fails the stage at once: TF Serving's default (5 retries, a minute apart) would
@@ -52,30 +52,20 @@ def _state(pid: int) -> str:
         return ""
 
 
-class Stops:
+class Stops(Sampling):
     """While in its `with`: the seconds this process spent stopped (its own ticks came late by STALL_S or more) or
     the server did (its /proc state was T, stopped)."""
 
     def __init__(self, server_pid: int):
+        super().__init__(TICK_S)
         self.server_pid, self.seconds = server_pid, 0.0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._last = time.monotonic()
 
-    def _watch(self) -> None:
-        last = time.monotonic()
-        while not self._done.wait(TICK_S):
-            now = time.monotonic()
-            if now - last >= STALL_S or _state(self.server_pid) in ("T", "t"):
-                self.seconds += now - last
-            last = now
-
-    def __enter__(self) -> Stops:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._done.set()
-        self._thread.join()
+    def sample(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= STALL_S or _state(self.server_pid) in ("T", "t"):
+            self.seconds += now - self._last
+        self._last = now
 
 
 def _stop_on_sigterm() -> None:

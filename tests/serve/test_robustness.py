@@ -10,7 +10,6 @@ import asyncio
 import base64
 import socket
 import statistics
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +19,7 @@ import numpy as np
 import orjson
 import pytest
 import tensorflow as tf
+from pt2tf_serve.bench import PeakMemory
 from pt2tf_serve.client import RestClient
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -41,28 +41,6 @@ def _predict_request(tensor: np.ndarray) -> predict_pb2.PredictRequest:
     request.model_spec.name = MODEL
     request.inputs["input"].CopyFrom(tf.make_tensor_proto(tensor))
     return request
-
-
-class MemorySampler:
-    """Samples the server's resident memory every 20 ms while it runs; `peak` is the highest seen."""
-
-    def __init__(self, server: ServerProcess):
-        self.server = server
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.server.rss_bytes())
-
-    def __enter__(self) -> MemorySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def test_flood_gets_fast_unavailable_answers_and_the_server_recovers(repository, expected, tmp_path):
@@ -91,7 +69,7 @@ def test_flood_gets_fast_unavailable_answers_and_the_server_recovers(repository,
                     status, _ = rest.raw("POST", f"/v1/models/{MODEL}:predict", rest_body)
                 return {200: "OK", 503: "UNAVAILABLE"}.get(status, str(status)), time.monotonic() - started
 
-            with MemorySampler(server) as memory, ThreadPoolExecutor(callers) as pool:
+            with PeakMemory(server, interval=0.02) as memory, ThreadPoolExecutor(callers) as pool:
                 outcomes = []
                 for _ in range(3):  # three waves of 40 simultaneous callers, a quarter over REST
                     calls = [pool.submit(rest_call if i % 4 == 0 else grpc_call, i) for i in range(callers)]
@@ -173,7 +151,7 @@ def test_overload_is_refused_at_once_at_any_multiple_of_the_queue(small_queue_se
     # machine (client included), so the bound below holds on a busy shared machine too.
     models = [MODEL if i % 5 else "no_such_model" for i in range(callers + callers // 4)]
     idle = server.rss_bytes()
-    with MemorySampler(server) as memory:
+    with PeakMemory(server, interval=0.02) as memory:
         outcomes = asyncio.run(flood(target, models, expected.photos[0]))
     floor = [seconds for code, seconds, _ in outcomes if code == "NOT_FOUND"]
     assert len(floor) == models.count("no_such_model"), {code for code, _, _ in outcomes}
