@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+from grpc._cython.cygrpc import ExecuteBatchError
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -39,7 +40,14 @@ async def _abort(context: grpc.aio.ServicerContext, error: ServingError) -> None
     message = error.message
     if len(message) > MAX_ERROR_CHARS:
         message = message[:MAX_ERROR_CHARS] + "...TRUNCATED"
-    await context.abort(error.grpc_code, message)
+    try:
+        await context.abort(error.grpc_code, message)
+    except ExecuteBatchError:
+        # The caller left (deadline passed, cancelled, disconnected) before grpc's core told the
+        # servicer: the status cannot be sent. grpc.aio logs this as a servicer error with a
+        # traceback unless it has already seen the client close; a cancelled handler is what this
+        # is, and grpc.aio ends one quietly.
+        raise asyncio.CancelledError(f"the caller left before its {error.code} could be sent") from None
 
 
 def _spec_parts(request) -> tuple[str, int | None, str | None]:
