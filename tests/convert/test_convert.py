@@ -617,9 +617,22 @@ def test_the_published_graph_is_frozen_and_keeps_no_layout_transposes(published)
     _, version_dir = published
     rewrite = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())["graph_rewrite"]
     before, after = rewrite["ops_before"].get("Transpose", 0), rewrite["ops_after"].get("Transpose", 0)
-    # Left: NCHW → NHWC at the input, and at most one before the final pooling (onnx-tf: 63 → 2).
+    # Left: NCHW → NHWC at the input (onnx-tf: 63 → 2), and the pooled [N, 1, 1, C]'s to [N, C, 1, 1].
     assert after <= min(before, 2), f"transposes {before} → {after}"
     assert "VarHandleOp" not in rewrite["ops_after"] and "ReadVariableOp" not in rewrite["ops_after"]
+
+
+def test_the_global_average_pool_reduces_before_its_layout_transpose(published):
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    _, version_dir = published
+    frozen = convert_variables_to_constants_v2(tf.saved_model.load(str(version_dir)).signatures["serving_default"])
+    means = [op for op in frozen.graph.get_operations() if op.type == "Mean"]
+    assert means, "ResNet18's global average pool is a Mean in every lane's graph"
+    for mean in means:
+        source = mean.inputs[0].op
+        # a transpose here moves the whole [N, 7, 7, 512] activation; after the Mean, 512 values an image
+        assert source.type != "Transpose", f"{mean.name} reads {source.name}, a transpose of {source.inputs[0].shape}"
 
 
 def test_no_optimize_publishes_the_converters_graph(lane, artifacts, tmp_path):
