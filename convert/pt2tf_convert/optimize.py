@@ -41,8 +41,22 @@ PADS = {"Pad", "PadV2", "MirrorPad"}
 # Reductions over constant axes: reduce(transpose(x, p), axes) == transpose'(reduce(x, p[axes])), up to the
 # order in which Mean, Sum and Prod add (Max and Min are exact).
 REDUCTIONS = {"Mean", "Sum", "Max", "Min", "Prod"}
-# Ops that only compute shapes and amounts when all their inputs are constants.
-SHAPE_ARITHMETIC = {"Pack", "StridedSlice", "Add", "AddV2", "Sub", "Mul", "Cast", "Reshape", "ConcatV2", "Range"}
+# Ops that only compute shapes and amounts when all their inputs are constants. Split and SplitV have an
+# output per part (onnx-tf's global average pool reads its axes from SplitV(Range(4), [2, 2])'s second).
+SHAPE_ARITHMETIC = {
+    "Pack",
+    "StridedSlice",
+    "Add",
+    "AddV2",
+    "Sub",
+    "Mul",
+    "Cast",
+    "Reshape",
+    "ConcatV2",
+    "Range",
+    "Split",
+    "SplitV",
+}
 # Constants at least this large are weights, stored once in the SavedModel rather than in each function.
 WEIGHT_BYTES = 1024
 
@@ -123,6 +137,15 @@ class _Graph:
         node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
         return node.name
 
+    def ports_read(self, name: str) -> set[int]:
+        """The outputs of node `name` that some node reads as data."""
+        return {
+            port
+            for node in self.graph_def.node
+            for node_name, port in (_split(i) for i in node.input if not i.startswith("^"))
+            if node_name == name
+        }
+
     def consumers(self, name: str) -> list[node_def_pb2.NodeDef]:
         """Nodes reading output 0 of node `name` as data."""
         return [
@@ -131,13 +154,14 @@ class _Graph:
             if any(not i.startswith("^") and _split(i) == (name, 0) for i in node.input)
         ]
 
-    def rewire(self, old: str, new: str, skip: node_def_pb2.NodeDef) -> None:
-        """Every consumer of tensor `old` (port 0) reads `new` instead, except `skip`."""
+    def rewire(self, old: str, new: str, skip: node_def_pb2.NodeDef | None = None) -> None:
+        """Every consumer of tensor `old` ('node:k', or 'node' for port 0) reads `new` instead, except `skip`."""
+        tensor = _split(old)
         for node in self.graph_def.node:
             if node is skip:
                 continue
             for i, name in enumerate(node.input):
-                if not name.startswith("^") and _split(name) == (old, 0):
+                if not name.startswith("^") and _split(name) == tensor:
                     node.input[i] = new
 
     def prune(self) -> None:
@@ -304,10 +328,11 @@ def _fold_layout_constants(graph: _Graph) -> int:
 
 
 def _fold_shape_arithmetic(graph: _Graph) -> int:
-    """Small ops computed from constants only (onnx-tf's pad amounts) become constants; returns how many.
+    """Small ops computed from constants only (onnx-tf's pad amounts, pooling axes) become constants.
 
-    A Pad whose amounts are a Pack of StridedSlices of constants is still a constant Pad; folded
-    here, a transpose can be sunk below it like below any other.
+    A Pad whose amounts are a Pack of StridedSlices of constants is still a constant Pad, a Mean
+    whose axes are a SplitV's part of a Range is still a Mean over constant axes; folded here, a
+    transpose can be sunk below them like below any other. Returns how many ops were folded.
     """
     folded = 0
     for node in list(graph.graph_def.node):
@@ -316,17 +341,32 @@ def _fold_shape_arithmetic(graph: _Graph) -> int:
         values = [graph.const_value(i) for i in node.input]
         if not values or any(v is None for v in values) or any(_split(i)[1] for i in node.input):
             continue
-        subgraph = graph_pb2.GraphDef()
-        subgraph.node.extend([graph.nodes[_split(i)[0]] for i in dict.fromkeys(node.input)] + [node])
-        with tf.Graph().as_default() as evaluation:
-            tf.graph_util.import_graph_def(subgraph, name="")
-        with tf.compat.v1.Session(graph=evaluation) as session:
-            result = np.asarray(session.run(f"{node.name}:0"))
-        if result.nbytes >= WEIGHT_BYTES:
+        read = graph.ports_read(node.name)
+        if not read:
+            continue  # pruned, not computed (onnx-tf's one-part Split of each filter, bypassed already)
+        outputs = _evaluate(graph, node)
+        if len(outputs) == 1:
+            if outputs[0].nbytes < WEIGHT_BYTES:
+                _make_const(node, outputs[0])
+                folded += 1
             continue
-        _make_const(node, result)
-        folded += 1
+        # One Const per output read (a Const has one output): readers of `node:k` read the k-th.
+        ports = [port for port in sorted(read) if outputs[port].nbytes < WEIGHT_BYTES]
+        for port in ports:
+            graph.rewire(f"{node.name}:{port}", graph.add_const(f"{node.name}/output_{port}", outputs[port]))
+        if ports:
+            folded += 1
     return folded
+
+
+def _evaluate(graph: _Graph, node: node_def_pb2.NodeDef) -> list[np.ndarray]:
+    """Every output of `node`, whose inputs are all constants, computed by TensorFlow itself."""
+    subgraph = graph_pb2.GraphDef()
+    subgraph.node.extend([graph.nodes[_split(i)[0]] for i in dict.fromkeys(node.input)] + [node])
+    with tf.Graph().as_default() as evaluation:
+        tf.graph_util.import_graph_def(subgraph, name="")
+    with tf.compat.v1.Session(graph=evaluation) as session:
+        return [np.asarray(v) for v in session.run(evaluation.get_operation_by_name(node.name).outputs)]
 
 
 def _make_const(node, value: np.ndarray) -> None:

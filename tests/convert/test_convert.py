@@ -508,6 +508,71 @@ def test_a_mean_does_not_reduce_first_when_the_transpose_has_other_readers():
     np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-6)
 
 
+def test_a_mean_whose_axes_are_a_constant_splits_second_part_reduces_first():
+    from pt2tf_convert.optimize import _split, sink_transposes
+
+    def build(x):  # onnx-tf's global average pool: the axes are SplitV(Range(4), [2, 2])'s output 1
+        axes = tf.split(tf.range(4), [2, 2])[1]
+        return tf.reduce_mean(tf.transpose(x, [0, 3, 1, 2]), axis=axes, keepdims=True)
+
+    graph_def, x, y = _nhwc_graph(build, shape=(2, 7, 5, 3))
+    rewritten, _, _ = sink_transposes(graph_def, [y])
+    mean = next(n for n in rewritten.node if n.op == "Mean")
+    assert _split(mean.input[0])[0] == x.split(":")[0], "the Mean reads the input itself, not its transpose"
+    # what is left is the [2, 1, 1, 3] mean's transpose to [2, 3, 1, 1], not the input's
+    assert [n.op for n in rewritten.node].count("Transpose") == 1
+    value = np.random.default_rng(5).normal(size=(2, 7, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("sizes", [3, [1, 1, 1]], ids=["Split", "SplitV"])
+@pytest.mark.parametrize("ports", [(1,), (2, 0)], ids=["only output 1", "outputs 2 and 0"])
+def test_a_split_of_constants_becomes_a_constant_per_output_read(sizes, ports):
+    from pt2tf_convert.optimize import _fold_shape_arithmetic, _Graph, _split
+
+    rows = np.arange(9, dtype=np.float32).reshape(3, 3)
+
+    def build(x):  # each part read by its own Mul, so that a reader given the wrong part shows
+        parts = tf.split(tf.constant(rows), sizes)
+        return tf.add_n([tf.multiply(x, parts[port], name=f"times_part_{port}") for port in ports] + [x])
+
+    graph_def, x, y = _nhwc_graph(build)
+    assert {n.op for n in graph_def.node} >= {"Split" if sizes == 3 else "SplitV"}
+    rewritten = graph_pb2.GraphDef()
+    rewritten.CopyFrom(graph_def)
+    graph = _Graph(rewritten, {y.split(":")[0]})
+    assert _fold_shape_arithmetic(graph) == 1
+    graph.prune()
+    assert not {"Split", "SplitV"} & {n.op for n in rewritten.node}, "the split is left to run"
+    for port in ports:
+        part = graph.nodes[_split(graph.nodes[f"times_part_{port}"].input[1])[0]]
+        assert part.op == "Const", f"times_part_{port} reads {part.op}, not a constant"
+        np.testing.assert_array_equal(tf.make_ndarray(part.attr["value"].tensor), rows[port : port + 1])
+    value = np.random.default_rng(6).normal(size=(2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
+
+
+def test_a_split_of_a_run_time_tensor_is_left_to_run_where_a_constant_one_folds():
+    from pt2tf_convert.optimize import _fold_shape_arithmetic, _Graph
+
+    def build(x):  # two SplitVs with constant sizes and axis: one of the input, one of constants
+        channels = tf.split(x, [1, 2], axis=3, name="split_of_the_input")[1]
+        axes = tf.split(tf.range(3), [1, 2], name="split_of_constants")[1]
+        return tf.reduce_sum(channels, axis=axes)
+
+    graph_def, x, y = _nhwc_graph(build)
+    rewritten = graph_pb2.GraphDef()
+    rewritten.CopyFrom(graph_def)
+    graph = _Graph(rewritten, {y.split(":")[0]})
+    assert _fold_shape_arithmetic(graph) == 2, "the Range and the constants' SplitV fold"
+    graph.prune()
+    splits = {n.name: n for n in rewritten.node if n.op == "SplitV"}
+    assert list(splits) == ["split_of_the_input"], f"SplitVs left: {list(splits)}"
+    assert graph.nodes["Sum"].input[0] == "split_of_the_input:1"
+    value = np.random.default_rng(7).normal(size=(2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
+
+
 def test_every_residual_add_has_operands_the_remapper_can_prove_the_same_shape(published):
     """Grappler's remapper fuses Add+Relu into the convolution only for operands of provably equal shapes.
 
@@ -552,9 +617,22 @@ def test_the_published_graph_is_frozen_and_keeps_no_layout_transposes(published)
     _, version_dir = published
     rewrite = json.loads((version_dir / "assets.extra" / MANIFEST_FILE).read_text())["graph_rewrite"]
     before, after = rewrite["ops_before"].get("Transpose", 0), rewrite["ops_after"].get("Transpose", 0)
-    # Left: NCHW → NHWC at the input, and at most one before the final pooling (onnx-tf: 63 → 2).
+    # Left: NCHW → NHWC at the input (onnx-tf: 63 → 2), and the pooled [N, 1, 1, C]'s to [N, C, 1, 1].
     assert after <= min(before, 2), f"transposes {before} → {after}"
     assert "VarHandleOp" not in rewrite["ops_after"] and "ReadVariableOp" not in rewrite["ops_after"]
+
+
+def test_the_global_average_pool_reduces_before_its_layout_transpose(published):
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    _, version_dir = published
+    frozen = convert_variables_to_constants_v2(tf.saved_model.load(str(version_dir)).signatures["serving_default"])
+    means = [op for op in frozen.graph.get_operations() if op.type == "Mean"]
+    assert means, "ResNet18's global average pool is a Mean in every lane's graph"
+    for mean in means:
+        source = mean.inputs[0].op
+        # a transpose here moves the whole [N, 7, 7, 512] activation; after the Mean, 512 values an image
+        assert source.type != "Transpose", f"{mean.name} reads {source.name}, a transpose of {source.inputs[0].shape}"
 
 
 def test_no_optimize_publishes_the_converters_graph(lane, artifacts, tmp_path):
