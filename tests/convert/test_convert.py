@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import tensorflow as tf
 from onnx import helper, numpy_helper
@@ -208,15 +209,91 @@ def test_an_unconvertible_op_fails_naming_the_op(lane, tmp_path):
 
 
 def test_an_op_version_the_converter_lacks_is_named(lane, tmp_path):
-    # Unsqueeze took its axes as an input from opset 13 (Swin-T and ConvNeXt export it): onnx-tf 1.10 handles
-    # versions 1 and 11 only, and would fail mid-conversion on it; onnx2tf takes it.
-    path = tmp_path / "unsqueeze.onnx"
-    onnx.save(_tiny_model("Unsqueeze", opset=13), str(path))
+    # Squeeze took its axes as an input from opset 13: onnx-tf 1.10 handles versions 1 and 11 only, and would fail
+    # mid-conversion on it; onnx2tf takes it.
+    path = tmp_path / "squeeze.onnx"
+    onnx.save(_tiny_model("Squeeze", opset=13), str(path))
     if lane.converter == "onnx-tf":
-        with pytest.raises(ConversionError, match=r"has no conversion for op Unsqueeze v13 at opset 13"):
+        with pytest.raises(ConversionError, match=r"has no conversion for op Squeeze v13 at opset 13"):
             check_supported(path, lane.name, load_backend(lane.converter))
     else:
-        assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Unsqueeze"
+        assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Squeeze"
+
+
+def _unsqueezed_shape(shape: list, axes: list[int]) -> list:
+    """ONNX's Unsqueeze of `shape`: a 1 at each axis, negative axes counted from the end of the output."""
+    rank = len(shape) + len(axes)
+    ones = {axis % rank for axis in axes}
+    sizes = iter(shape)
+    return [1 if axis in ones else next(sizes) for axis in range(rank)]
+
+
+def _unsqueezed(axes: list[int], axes_from: str) -> onnx.ModelProto:
+    """`output` = Unsqueeze(Flatten(input), axes) at opset 13 (axes an input), the axes `axes_from` an initializer, a
+    Constant node (the TorchScript exporter's way, 489 times in Swin-T), or the input's own shape (a run-time value)."""
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1)]
+    initializers = []
+    if axes_from == "initializer":
+        initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+    elif axes_from == "Constant":
+        nodes.append(
+            helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array(axes, np.int64)))
+        )
+    else:
+        initializers.append(numpy_helper.from_array(np.array([len(axes)], np.int64), "count"))
+        nodes += [
+            helper.make_node("Shape", ["flat"], ["sizes"]),
+            helper.make_node("Slice", ["sizes", "count", "count"], ["nothing"]),  # empty: axes = [] + constant part
+            helper.make_node("Concat", ["nothing", "constant_axes"], ["axes"], axis=0),
+        ]
+        initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "constant_axes"))
+    nodes.append(helper.make_node("Unsqueeze", ["flat", "axes"], ["output"], name="the_unsqueeze"))
+    graph = helper.make_graph(
+        nodes,
+        "unsqueezed",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 2, 3])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, _unsqueezed_shape(["batch", 6], axes))],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("axes_from", ["Constant", "initializer"])
+@pytest.mark.parametrize(
+    "axes", [[0], [-1], [1], [2], [0, -1], [-1, -2], [-4, 2], [3, 0, 2]], ids=lambda axes: f"axes{axes}"
+)
+def test_unsqueeze_13_with_constant_axes_converts_as_onnx_runtime_computes_it(lane, tmp_path, axes, axes_from):
+    """onnx-tf 1.10 has no Unsqueeze 13; the backend adds it: the pre-check lets it through, and the SavedModel gives
+    ONNX Runtime's shape and values, a negative axis counted from the end of the output as ONNX counts it."""
+    if lane.converter != "onnx-tf":
+        pytest.skip(f"lane {lane.name} converts with {lane.converter}, which has its own Unsqueeze 13")
+    from onnx_tf.handlers.backend.unsqueeze import Unsqueeze
+
+    model = _unsqueezed(axes, axes_from)
+    path = tmp_path / "unsqueeze.onnx"
+    onnx.save(model, str(path))
+    backend = load_backend(lane.converter)
+    checked = check_supported(path, lane.name, backend)
+    converted = backend.convert(checked, path, tmp_path)
+    assert not hasattr(Unsqueeze, "version_13"), "the added handler is onnx-tf's only while a conversion runs"
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 2, 3)).astype(np.float32)
+        (expected,) = session.run(["output"], {"input": x})
+        np.testing.assert_array_equal(np.asarray(converted.call(tf.constant(x))), expected)
+
+
+def test_unsqueeze_13_with_axes_computed_at_run_time_is_refused_before_converting(lane, tmp_path):
+    path = tmp_path / "unsqueeze.onnx"
+    onnx.save(_unsqueezed([0], "run time"), str(path))
+    if lane.converter == "onnx-tf":
+        with pytest.raises(ConversionError, match=r"no conversion for op Unsqueeze v13 with axes computed at run time"):
+            check_supported(path, lane.name, load_backend(lane.converter))
+    else:
+        check_supported(path, lane.name, load_backend(lane.converter))
 
 
 def test_a_custom_domain_op_fails_naming_it(lane, tmp_path):
