@@ -317,7 +317,13 @@ def _fold_shape_arithmetic(graph: _Graph) -> int:
         if not values or any(v is None for v in values) or any(_split(i)[1] for i in node.input):
             continue
         subgraph = graph_pb2.GraphDef()
-        subgraph.node.extend([graph.nodes[_split(i)[0]] for i in dict.fromkeys(node.input)] + [node])
+        for name in dict.fromkeys(node.input):
+            constant = subgraph.node.add()
+            constant.CopyFrom(graph.nodes[_split(name)[0]])
+            # A Const's inputs can only be control inputs (onnx-tf's run after its shape asserts): they order its
+            # run, not its value, and name nodes the subgraph does not hold.
+            del constant.input[:]
+        subgraph.node.append(node)
         with tf.Graph().as_default() as evaluation:
             tf.graph_util.import_graph_def(subgraph, name="")
         with tf.compat.v1.Session(graph=evaluation) as session:

@@ -489,6 +489,27 @@ def test_transposes_around_elementwise_ops_cancel_and_the_numbers_stay_the_same(
     np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-6)
 
 
+def test_shape_arithmetic_on_a_constant_that_waits_for_an_assert_is_folded():
+    """onnx-tf makes some constants wait for its shape asserts (a control input): the Cast of one is still a
+    constant, and folding it must not take the assert along (TensorFlow refused the subgraph: unknown input node)."""
+    from pt2tf_convert.optimize import sink_transposes
+
+    def build(x):
+        check = tf.debugging.assert_equal(tf.shape(x)[0], 2)
+        with tf.control_dependencies([check]):
+            two = tf.constant(2, tf.int32, name="two")
+        return x * tf.cast(two, tf.float32, name="scale")
+
+    graph_def, x, y = _graph(build)
+    (two,) = [n for n in graph_def.node if n.name == "two"]
+    assert two.input and all(i.startswith("^") for i in two.input), "the pattern: a Const with a control input"
+    rewritten, _, _ = sink_transposes(graph_def, [y])
+    (scale,) = [n for n in rewritten.node if n.name == "scale"]
+    assert scale.op == "Const" and not scale.input
+    value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), value * 2)
+
+
 def test_a_transpose_that_meets_no_inverse_is_kept():
     from pt2tf_convert.optimize import sink_transposes
 
