@@ -330,7 +330,10 @@ def _fold_shape_arithmetic(graph: _Graph) -> int:
             result = np.asarray(session.run(f"{node.name}:0"))
         if result.nbytes >= WEIGHT_BYTES:
             continue
+        # The constants' control inputs go to the folded node: they put it in its loop's frame and after its asserts.
+        controls = dict.fromkeys(c for i in node.input for c in graph.nodes[_split(i)[0]].input)
         _make_const(node, result)
+        node.input.extend(controls)
         folded += 1
     return folded
 

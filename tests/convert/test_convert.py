@@ -505,9 +505,33 @@ def test_shape_arithmetic_on_a_constant_that_waits_for_an_assert_is_folded():
     assert two.input and all(i.startswith("^") for i in two.input), "the pattern: a Const with a control input"
     rewritten, _, _ = sink_transposes(graph_def, [y])
     (scale,) = [n for n in rewritten.node if n.name == "scale"]
-    assert scale.op == "Const" and not scale.input
+    assert scale.op == "Const" and list(scale.input) == list(two.input), "it still runs after the assert"
     value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
     np.testing.assert_array_equal(_run(rewritten, x, y, value), value * 2)
+
+
+def test_shape_arithmetic_folded_inside_a_loop_stays_in_the_loops_frame():
+    """A frozen onnx-tf graph runs its loops as TF1 frames (Swin-T's has 1400 Switch ops): a Const in a loop body is
+    in the loop's frame through a control input from the loop's pivot. The Cast of one, folded, must stay there:
+    moved out, the loop's Mul reads from another frame and the graph does not run."""
+    from pt2tf_convert.optimize import sink_transposes
+
+    def body(i, acc):
+        two = tf.constant(2, tf.int32, name="two")
+        return i + 1, acc * tf.cast(two, tf.float32, name="scale")
+
+    tf.compat.v1.disable_control_flow_v2()  # the frozen graph's lowered loops: Enter, Merge, Switch, NextIteration
+    try:
+        graph_def, x, y = _graph(lambda x: tf.while_loop(lambda i, acc: i < 3, body, [tf.constant(0), x])[1])
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    (scale,) = [n for n in graph_def.node if n.name.endswith("/scale")]
+    assert {n.op for n in graph_def.node} >= {"Enter", "Merge", "NextIteration"} and scale.op == "Cast"
+    rewritten, _, _ = sink_transposes(graph_def, [y])
+    (scale,) = [n for n in rewritten.node if n.name.endswith("/scale")]
+    assert scale.op == "Const" and scale.input and all(i.startswith("^") for i in scale.input)
+    value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), value * 8)
 
 
 def test_a_transpose_that_meets_no_inverse_is_kept():
