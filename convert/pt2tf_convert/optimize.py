@@ -503,6 +503,13 @@ def input_spec(layout: str) -> list[int | None]:
     return [None, CROP, CROP, 3] if layout == "NHWC" else [None, 3, CROP, CROP]
 
 
+def _has_loops(graph: tf.Graph) -> bool:
+    """Whether `graph` or a function it calls holds a While loop."""
+    graph_def = graph.as_graph_def()
+    ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+    return bool(ops & {"While", "StatelessWhile"})
+
+
 def freeze(converted: ConvertedModel) -> tuple[graph_pb2.GraphDef, str, str]:
     """The converted call as one flat GraphDef with constant weights: (graph, input name, output name)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -510,7 +517,9 @@ def freeze(converted: ConvertedModel) -> tuple[graph_pb2.GraphDef, str, str]:
     function = tf.function(converted.call).get_concrete_function(
         tf.TensorSpec(input_spec(converted.layout), tf.float32, name="images")
     )
-    frozen = convert_variables_to_constants_v2(function)
+    # Loops stay functional While ops: lowered to TF1 frames, onnx-tf's (one per ScatterND, 45 in Swin-T) give a
+    # graph that TensorFlow refuses when it is imported back ("has inputs from different frames").
+    frozen = convert_variables_to_constants_v2(function, lower_control_flow=not _has_loops(function.graph))
     graph_def = frozen.graph.as_graph_def()
     return graph_def, frozen.inputs[0].name, frozen.outputs[0].name
 

@@ -534,6 +534,35 @@ def test_shape_arithmetic_folded_inside_a_loop_stays_in_the_loops_frame():
     np.testing.assert_array_equal(_run(rewritten, x, y, value), value * 8)
 
 
+def _doubled_three_times(x: tf.Tensor) -> tf.Tensor:
+    """A while loop, as onnx-tf writes each ScatterND, then the logits' mean."""
+    _, acc = tf.while_loop(lambda i, acc: i < 3, lambda i, acc: (i + 1, acc * 2.0), [tf.constant(0), x])
+    return tf.reduce_mean(acc, axis=[2, 3])
+
+
+def _halved_if_positive(x: tf.Tensor) -> tf.Tensor:
+    """A cond without a loop, as onnx-tf writes each Pad."""
+    mean = tf.reduce_mean(x, axis=[2, 3])
+    return tf.cond(tf.reduce_sum(mean) > 0, lambda: mean / 2.0, lambda: mean)
+
+
+def test_loops_are_frozen_as_while_ops_and_a_graph_without_loops_is_lowered_as_before():
+    """Lowered to TF1 frames, Swin-T's 45 onnx-tf loops gave a frozen graph TensorFlow refuses once imported back
+    ("has inputs from different frames"): a graph with a loop keeps it a While op; one without (every other
+    architecture's) is frozen as before, its conds lowered to Switch and Merge."""
+    from pt2tf_convert.optimize import freeze, optimize
+    from pt2tf_convert.signatures import ConvertedModel
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32))
+    for call, kept, lowered in ((_doubled_three_times, "While", "Enter"), (_halved_if_positive, "Switch", "If")):
+        converted = ConvertedModel(call=call, trackable=[], layout="NCHW")
+        graph_def, _, _ = freeze(converted)
+        ops = {node.op for node in graph_def.node}
+        assert any(kept in op for op in ops) and not any(lowered in op for op in ops), (call.__name__, ops)
+        optimized, _ = optimize(converted)
+        np.testing.assert_allclose(tf.function(optimized.call)(x).numpy(), call(x).numpy(), rtol=1e-6)
+
+
 def test_a_transpose_that_meets_no_inverse_is_kept():
     from pt2tf_convert.optimize import sink_transposes
 
