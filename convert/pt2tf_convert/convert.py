@@ -93,7 +93,7 @@ def convert(
     with tempfile.TemporaryDirectory(prefix="pt2tf-convert-") as work:
         work = Path(work)
         with step("rewriting ONNX patterns the converters mistranslate (onnx_rewrite), where present"):
-            prepared, onnx_rewrite = prepare(onnx_model)
+            prepared, onnx_rewrite = prepare(onnx_model, backend.NAME)
         print(f"  onnx: {onnx_rewrite.summary()}", file=sys.stderr)
         source_path = onnx_path
         if onnx_rewrite.changed:

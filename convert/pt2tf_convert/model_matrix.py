@@ -319,6 +319,8 @@ def _onnx_rewrite_text(cell: dict) -> str:
         parts.append(f"{len(folded)} constant tensor(s) folded, {rewrite['folded_nodes']} node(s) removed")
     if rewrite.get("range_scalar_bounds"):
         parts.append(f"{rewrite['range_scalar_bounds']} Range bound(s) made scalar ({', '.join(rewrite['nodes'])})")
+    if rewrite.get("trailing_empty_inputs"):
+        parts.append(f"{rewrite['trailing_empty_inputs']} trailing omitted input(s) dropped")
     return f"ONNX rewrite: {', '.join(parts)}; " if parts else ""
 
 

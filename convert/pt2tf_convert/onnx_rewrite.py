@@ -16,6 +16,11 @@ Keras refuses it ("Output tensors of a Functional model must be the output of a 
 tensor that a node computed from the input reads becomes an initializer, its value computed by ONNX Runtime (the
 runtime parity is measured against), and the nodes only it needed go: onnx2tf places an initializer as a constant
 inside the layer that reads it (here the Add of the mask to the attention logits).
+
+Omitted optional inputs, for onnx-tf only. ONNX lets a node leave an optional input out with the empty name; at the
+end of the inputs that is the same as not listing it. The TorchScript exporter writes Swin-T's 15 window `Pad`s as
+Pad(x, pads, ""), and onnx-tf 1.10's Pad handler, seeing three inputs, looks the constant value up under the name ""
+(KeyError: ''). Each trailing empty input is dropped: the node reads what it read.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ class OnnxRewrite:
     nodes: list[str] = field(default_factory=list)  # the Range nodes whose bounds were made scalar
     folded_tensors: list[str] = field(default_factory=list)  # constant tensors made initializers
     folded_nodes: int = 0  # nodes removed with them: the constant subgraphs that computed them
+    trailing_empty_inputs: int = 0  # omitted optional inputs ("") dropped from the end of a node's inputs (onnx-tf)
 
     @property
     def changed(self) -> bool:
-        return self.range_scalar_bounds > 0 or bool(self.folded_tensors)
+        return self.range_scalar_bounds > 0 or bool(self.folded_tensors) or self.trailing_empty_inputs > 0
 
     def summary(self) -> str:
         if not self.changed:
@@ -53,6 +59,10 @@ class OnnxRewrite:
             parts.append(
                 f"{self.range_scalar_bounds} Range bound(s) Squeeze(Shape[k:k+1]) → Gather(Shape, k) "
                 f"({', '.join(self.nodes)})"
+            )
+        if self.trailing_empty_inputs:
+            parts.append(
+                f"{self.trailing_empty_inputs} trailing omitted optional input(s) ('') dropped from their nodes"
             )
         return "; ".join(parts)
 
@@ -364,9 +374,40 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite
     return result, rewrite
 
 
-def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite]:
-    """Every ONNX-level rewrite, each where its pattern is present: the model to convert and what changed."""
+def _trailing_empty(node: onnx.NodeProto) -> int:
+    count = 0
+    while count < len(node.input) and node.input[len(node.input) - 1 - count] == "":
+        count += 1
+    return count
+
+
+def trailing_empty_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite]:
+    """A copy of `model` in which no node's inputs end with the empty name (an omitted optional input); `model`
+    itself, untouched, when none does. Nodes inside subgraphs are left as they are."""
+    rewrite = OnnxRewrite(trailing_empty_inputs=sum(_trailing_empty(node) for node in model.graph.node))
+    if not rewrite.trailing_empty_inputs:
+        return model, rewrite
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    nodes = list(result.graph.node)
+    for node in nodes:
+        for _ in range(_trailing_empty(node)):
+            del node.input[-1]
+    _set_nodes(result, nodes)
+    return result, rewrite
+
+
+# The rewrites that only one converter needs, by backend name (backends.MODULES): the others read the file as it is.
+CONVERTER_REWRITES = {"onnx-tf": (trailing_empty_inputs,)}
+
+
+def prepare(model: onnx.ModelProto, converter: str) -> tuple[onnx.ModelProto, OnnxRewrite]:
+    """Every ONNX-level rewrite for `converter` (a backend name), each where its pattern is present: the model to
+    convert and what changed."""
     folded, rewrite = fold_constants(model)  # first: a Range bound over a fixed size becomes a constant
     result, bounds = scalar_range_bounds(folded)
     rewrite.range_scalar_bounds, rewrite.nodes = bounds.range_scalar_bounds, bounds.nodes
+    for converter_rewrite in CONVERTER_REWRITES.get(converter, ()):
+        result, own = converter_rewrite(result)
+        rewrite.trailing_empty_inputs += own.trailing_empty_inputs
     return result, rewrite

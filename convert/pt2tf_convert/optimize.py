@@ -345,15 +345,20 @@ def _fold_shape_arithmetic(graph: _Graph) -> int:
         if not read:
             continue  # pruned, not computed (onnx-tf's one-part Split of each filter, bypassed already)
         outputs = _evaluate(graph, node)
+        # The constants' control inputs go to the folded node: they put it in its loop's frame and after its asserts.
+        controls = list(dict.fromkeys(c for i in node.input for c in graph.nodes[_split(i)[0]].input))
         if len(outputs) == 1:
             if outputs[0].nbytes < WEIGHT_BYTES:
                 _make_const(node, outputs[0])
+                node.input.extend(controls)
                 folded += 1
             continue
         # One Const per output read (a Const has one output): readers of `node:k` read the k-th.
         ports = [port for port in sorted(read) if outputs[port].nbytes < WEIGHT_BYTES]
         for port in ports:
-            graph.rewire(f"{node.name}:{port}", graph.add_const(f"{node.name}/output_{port}", outputs[port]))
+            constant = graph.add_const(f"{node.name}/output_{port}", outputs[port])
+            graph.nodes[constant].input.extend(controls)
+            graph.rewire(f"{node.name}:{port}", constant)
         if ports:
             folded += 1
     return folded
@@ -362,7 +367,13 @@ def _fold_shape_arithmetic(graph: _Graph) -> int:
 def _evaluate(graph: _Graph, node: node_def_pb2.NodeDef) -> list[np.ndarray]:
     """Every output of `node`, whose inputs are all constants, computed by TensorFlow itself."""
     subgraph = graph_pb2.GraphDef()
-    subgraph.node.extend([graph.nodes[_split(i)[0]] for i in dict.fromkeys(node.input)] + [node])
+    for name in dict.fromkeys(node.input):
+        constant = subgraph.node.add()
+        constant.CopyFrom(graph.nodes[_split(name)[0]])
+        # A Const's inputs can only be control inputs (onnx-tf's run after its shape asserts): they order its
+        # run, not its value, and name nodes the subgraph does not hold.
+        del constant.input[:]
+    subgraph.node.append(node)
     with tf.Graph().as_default() as evaluation:
         tf.graph_util.import_graph_def(subgraph, name="")
     with tf.compat.v1.Session(graph=evaluation) as session:
@@ -534,6 +545,13 @@ def input_spec(layout: str) -> list[int | None]:
     return [None, CROP, CROP, 3] if layout == "NHWC" else [None, 3, CROP, CROP]
 
 
+def _has_loops(graph: tf.Graph) -> bool:
+    """Whether `graph` or a function it calls holds a While loop."""
+    graph_def = graph.as_graph_def()
+    ops = {n.op for n in graph_def.node} | {n.op for f in graph_def.library.function for n in f.node_def}
+    return bool(ops & {"While", "StatelessWhile"})
+
+
 def freeze(converted: ConvertedModel) -> tuple[graph_pb2.GraphDef, str, str]:
     """The converted call as one flat GraphDef with constant weights: (graph, input name, output name)."""
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -541,7 +559,9 @@ def freeze(converted: ConvertedModel) -> tuple[graph_pb2.GraphDef, str, str]:
     function = tf.function(converted.call).get_concrete_function(
         tf.TensorSpec(input_spec(converted.layout), tf.float32, name="images")
     )
-    frozen = convert_variables_to_constants_v2(function)
+    # Loops stay functional While ops: lowered to TF1 frames, onnx-tf's (one per ScatterND, 45 in Swin-T) give a
+    # graph that TensorFlow refuses when it is imported back ("has inputs from different frames").
+    frozen = convert_variables_to_constants_v2(function, lower_control_flow=not _has_loops(function.graph))
     graph_def = frozen.graph.as_graph_def()
     return graph_def, frozen.inputs[0].name, frozen.outputs[0].name
 

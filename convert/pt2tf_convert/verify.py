@@ -252,6 +252,11 @@ def _rewrite_lines(report: dict) -> list[str]:
                 f"- ONNX, before the converter: {len(folded)} tensor(s) computed from constants and fixed sizes alone "
                 f"made initializers, {onnx_rewrite['folded_nodes']} node(s) removed ({', '.join(folded)})."
             )
+        if onnx_rewrite.get("trailing_empty_inputs"):  # onnx-tf only; absent from versions converted before it
+            lines.append(
+                f"- ONNX, before the converter: {onnx_rewrite['trailing_empty_inputs']} omitted optional input(s) "
+                "('') dropped from the end of their nodes' inputs."
+            )
     if graph is not None:
         before, after = graph["ops_before"].get("Transpose", 0), graph["ops_after"].get("Transpose", 0)
         lines.append(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 import pytest
 import tensorflow as tf
 from onnx import helper, numpy_helper
@@ -208,15 +209,91 @@ def test_an_unconvertible_op_fails_naming_the_op(lane, tmp_path):
 
 
 def test_an_op_version_the_converter_lacks_is_named(lane, tmp_path):
-    # Unsqueeze took its axes as an input from opset 13 (Swin-T and ConvNeXt export it): onnx-tf 1.10 handles
-    # versions 1 and 11 only, and would fail mid-conversion on it; onnx2tf takes it.
-    path = tmp_path / "unsqueeze.onnx"
-    onnx.save(_tiny_model("Unsqueeze", opset=13), str(path))
+    # Squeeze took its axes as an input from opset 13: onnx-tf 1.10 handles versions 1 and 11 only, and would fail
+    # mid-conversion on it; onnx2tf takes it.
+    path = tmp_path / "squeeze.onnx"
+    onnx.save(_tiny_model("Squeeze", opset=13), str(path))
     if lane.converter == "onnx-tf":
-        with pytest.raises(ConversionError, match=r"has no conversion for op Unsqueeze v13 at opset 13"):
+        with pytest.raises(ConversionError, match=r"has no conversion for op Squeeze v13 at opset 13"):
             check_supported(path, lane.name, load_backend(lane.converter))
     else:
-        assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Unsqueeze"
+        assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Squeeze"
+
+
+def _unsqueezed_shape(shape: list, axes: list[int]) -> list:
+    """ONNX's Unsqueeze of `shape`: a 1 at each axis, negative axes counted from the end of the output."""
+    rank = len(shape) + len(axes)
+    ones = {axis % rank for axis in axes}
+    sizes = iter(shape)
+    return [1 if axis in ones else next(sizes) for axis in range(rank)]
+
+
+def _unsqueezed(axes: list[int], axes_from: str) -> onnx.ModelProto:
+    """`output` = Unsqueeze(Flatten(input), axes) at opset 13 (axes an input), the axes `axes_from` an initializer, a
+    Constant node (the TorchScript exporter's way, 489 times in Swin-T), or the input's own shape (a run-time value)."""
+    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1)]
+    initializers = []
+    if axes_from == "initializer":
+        initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+    elif axes_from == "Constant":
+        nodes.append(
+            helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array(axes, np.int64)))
+        )
+    else:
+        initializers.append(numpy_helper.from_array(np.array([len(axes)], np.int64), "count"))
+        nodes += [
+            helper.make_node("Shape", ["flat"], ["sizes"]),
+            helper.make_node("Slice", ["sizes", "count", "count"], ["nothing"]),  # empty: axes = [] + constant part
+            helper.make_node("Concat", ["nothing", "constant_axes"], ["axes"], axis=0),
+        ]
+        initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "constant_axes"))
+    nodes.append(helper.make_node("Unsqueeze", ["flat", "axes"], ["output"], name="the_unsqueeze"))
+    graph = helper.make_graph(
+        nodes,
+        "unsqueezed",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 2, 3])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, _unsqueezed_shape(["batch", 6], axes))],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("axes_from", ["Constant", "initializer"])
+@pytest.mark.parametrize(
+    "axes", [[0], [-1], [1], [2], [0, -1], [-1, -2], [-4, 2], [3, 0, 2]], ids=lambda axes: f"axes{axes}"
+)
+def test_unsqueeze_13_with_constant_axes_converts_as_onnx_runtime_computes_it(lane, tmp_path, axes, axes_from):
+    """onnx-tf 1.10 has no Unsqueeze 13; the backend adds it: the pre-check lets it through, and the SavedModel gives
+    ONNX Runtime's shape and values, a negative axis counted from the end of the output as ONNX counts it."""
+    if lane.converter != "onnx-tf":
+        pytest.skip(f"lane {lane.name} converts with {lane.converter}, which has its own Unsqueeze 13")
+    from onnx_tf.handlers.backend.unsqueeze import Unsqueeze
+
+    model = _unsqueezed(axes, axes_from)
+    path = tmp_path / "unsqueeze.onnx"
+    onnx.save(model, str(path))
+    backend = load_backend(lane.converter)
+    checked = check_supported(path, lane.name, backend)
+    converted = backend.convert(checked, path, tmp_path)
+    assert not hasattr(Unsqueeze, "version_13"), "the added handler is onnx-tf's only while a conversion runs"
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 2, 3)).astype(np.float32)
+        (expected,) = session.run(["output"], {"input": x})
+        np.testing.assert_array_equal(np.asarray(converted.call(tf.constant(x))), expected)
+
+
+def test_unsqueeze_13_with_axes_computed_at_run_time_is_refused_before_converting(lane, tmp_path):
+    path = tmp_path / "unsqueeze.onnx"
+    onnx.save(_unsqueezed([0], "run time"), str(path))
+    if lane.converter == "onnx-tf":
+        with pytest.raises(ConversionError, match=r"no conversion for op Unsqueeze v13 with axes computed at run time"):
+            check_supported(path, lane.name, load_backend(lane.converter))
+    else:
+        check_supported(path, lane.name, load_backend(lane.converter))
 
 
 def test_a_custom_domain_op_fails_naming_it(lane, tmp_path):
@@ -410,6 +487,80 @@ def test_transposes_around_elementwise_ops_cancel_and_the_numbers_stay_the_same(
     value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
     # Grappler may sum the two Adds in another order in each graph: float rounding, nothing more
     np.testing.assert_allclose(_run(rewritten, x, y, value), _run(graph_def, x, y, value), rtol=1e-6, atol=1e-6)
+
+
+def test_shape_arithmetic_on_a_constant_that_waits_for_an_assert_is_folded():
+    """onnx-tf makes some constants wait for its shape asserts (a control input): the Cast of one is still a
+    constant, and folding it must not take the assert along (TensorFlow refused the subgraph: unknown input node)."""
+    from pt2tf_convert.optimize import sink_transposes
+
+    def build(x):
+        check = tf.debugging.assert_equal(tf.shape(x)[0], 2)
+        with tf.control_dependencies([check]):
+            two = tf.constant(2, tf.int32, name="two")
+        return x * tf.cast(two, tf.float32, name="scale")
+
+    graph_def, x, y = _graph(build)
+    (two,) = [n for n in graph_def.node if n.name == "two"]
+    assert two.input and all(i.startswith("^") for i in two.input), "the pattern: a Const with a control input"
+    rewritten, _, _ = sink_transposes(graph_def, [y])
+    (scale,) = [n for n in rewritten.node if n.name == "scale"]
+    assert scale.op == "Const" and list(scale.input) == list(two.input), "it still runs after the assert"
+    value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), value * 2)
+
+
+def test_shape_arithmetic_folded_inside_a_loop_stays_in_the_loops_frame():
+    """A frozen onnx-tf graph runs its loops as TF1 frames (Swin-T's has 1400 Switch ops): a Const in a loop body is
+    in the loop's frame through a control input from the loop's pivot. The Cast of one, folded, must stay there:
+    moved out, the loop's Mul reads from another frame and the graph does not run."""
+    from pt2tf_convert.optimize import sink_transposes
+
+    def body(i, acc):
+        two = tf.constant(2, tf.int32, name="two")
+        return i + 1, acc * tf.cast(two, tf.float32, name="scale")
+
+    tf.compat.v1.disable_control_flow_v2()  # the frozen graph's lowered loops: Enter, Merge, Switch, NextIteration
+    try:
+        graph_def, x, y = _graph(lambda x: tf.while_loop(lambda i, acc: i < 3, body, [tf.constant(0), x])[1])
+    finally:
+        tf.compat.v1.enable_control_flow_v2()
+    (scale,) = [n for n in graph_def.node if n.name.endswith("/scale")]
+    assert {n.op for n in graph_def.node} >= {"Enter", "Merge", "NextIteration"} and scale.op == "Cast"
+    rewritten, _, _ = sink_transposes(graph_def, [y])
+    (scale,) = [n for n in rewritten.node if n.name.endswith("/scale")]
+    assert scale.op == "Const" and scale.input and all(i.startswith("^") for i in scale.input)
+    value = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), value * 8)
+
+
+def _doubled_three_times(x: tf.Tensor) -> tf.Tensor:
+    """A while loop, as onnx-tf writes each ScatterND, then the logits' mean."""
+    _, acc = tf.while_loop(lambda i, acc: i < 3, lambda i, acc: (i + 1, acc * 2.0), [tf.constant(0), x])
+    return tf.reduce_mean(acc, axis=[2, 3])
+
+
+def _halved_if_positive(x: tf.Tensor) -> tf.Tensor:
+    """A cond without a loop, as onnx-tf writes each Pad."""
+    mean = tf.reduce_mean(x, axis=[2, 3])
+    return tf.cond(tf.reduce_sum(mean) > 0, lambda: mean / 2.0, lambda: mean)
+
+
+def test_loops_are_frozen_as_while_ops_and_a_graph_without_loops_is_lowered_as_before():
+    """Lowered to TF1 frames, Swin-T's 45 onnx-tf loops gave a frozen graph TensorFlow refuses once imported back
+    ("has inputs from different frames"): a graph with a loop keeps it a While op; one without (every other
+    architecture's) is frozen as before, its conds lowered to Switch and Merge."""
+    from pt2tf_convert.optimize import freeze, optimize
+    from pt2tf_convert.signatures import ConvertedModel
+
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32))
+    for call, kept, lowered in ((_doubled_three_times, "While", "Enter"), (_halved_if_positive, "Switch", "If")):
+        converted = ConvertedModel(call=call, trackable=[], layout="NCHW")
+        graph_def, _, _ = freeze(converted)
+        ops = {node.op for node in graph_def.node}
+        assert any(kept in op for op in ops) and not any(lowered in op for op in ops), (call.__name__, ops)
+        optimized, _ = optimize(converted)
+        np.testing.assert_allclose(tf.function(optimized.call)(x).numpy(), call(x).numpy(), rtol=1e-6)
 
 
 def test_a_transpose_that_meets_no_inverse_is_kept():

@@ -1,16 +1,19 @@
 """pt2tf_convert.onnx_rewrite: a Range bound Squeeze(Shape[k:k+1]) becomes a scalar Gather(Shape, k), and a tensor
-computed from constants and fixed sizes alone becomes an initializer, each computing the same values in ONNX Runtime;
-what does not match (a size of the batch axis among them) is left byte for byte; on onnx2tf lanes the rewritten file
-converts where the original does not."""
+computed from constants and fixed sizes alone becomes an initializer, and (for onnx-tf only) an omitted optional input
+at the end of a node's inputs is dropped, each computing the same values in ONNX Runtime; what does not match (a size
+of the batch axis among them) is left byte for byte; on the lanes whose converter mistranslates the pattern the
+rewritten file converts where the original does not."""
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from pt2tf_convert.onnx_rewrite import fold_constants, prepare, scalar_range_bounds
+from pt2tf_convert.onnx_rewrite import fold_constants, prepare, scalar_range_bounds, trailing_empty_inputs
 
 BATCH_SIZES = (1, 3, 8)
 
@@ -66,9 +69,9 @@ def _rank(model: onnx.ModelProto, name: str) -> int:
 @pytest.mark.parametrize(
     ("start", "axes"), [(0, False), (0, True), (1, False)], ids=["batch", "batch, Squeeze axes [0]", "channels"]
 )
-def test_a_squeezed_shape_slice_as_range_limit_becomes_a_scalar_gather_with_the_same_values(start, axes):
+def test_a_squeezed_shape_slice_as_range_limit_becomes_a_scalar_gather_with_the_same_values(lane, start, axes):
     model = _model(_squeezed_shape_slice(start, axes))
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert rewrite.changed and rewrite.range_scalar_bounds == 1 and rewrite.nodes == ["node_Range_1"]
     ops = [node.op_type for node in rewritten.graph.node]
     assert ops == ["Shape", "Gather", "Range", "Flatten"], "the new Shape and Gather go just before their Range"
@@ -91,9 +94,9 @@ def test_the_input_model_is_not_modified():
     assert model.SerializeToString() == before
 
 
-def test_a_slice_read_elsewhere_is_kept_for_its_other_reader():
+def test_a_slice_read_elsewhere_is_kept_for_its_other_reader(lane):
     model = _model(_squeezed_shape_slice(), extra_outputs=("size",))
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert rewrite.range_scalar_bounds == 1
     ops = [node.op_type for node in rewritten.graph.node]
     assert ops.count("Shape") == 2 and "Squeeze" not in ops  # the slice stays: the graph's third output reads it
@@ -136,10 +139,10 @@ def test_a_slice_read_elsewhere_is_kept_for_its_other_reader():
         ),
     ],
 )
-def test_what_does_not_match_is_left_byte_identical(bound):
+def test_what_does_not_match_is_left_byte_identical(lane, bound):
     model = _model(bound)
     before = model.SerializeToString()
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert not rewrite.changed and rewrite.range_scalar_bounds == 0 and rewrite.nodes == []
     assert rewrite.folded_tensors == [] and rewrite.folded_nodes == 0
     assert rewritten is model and rewritten.SerializeToString() == before
@@ -148,17 +151,17 @@ def test_what_does_not_match_is_left_byte_identical(bound):
         _run(model, batch)  # a valid model that ONNX Runtime runs: the test is about the rewrite, not the file
 
 
-def _only_the_rewritten_converts(model: onnx.ModelProto, tmp_path, error: str):
-    """onnx2tf fails on `model` with `error`, and converts what prepare() makes of it: (converted, rewrite)."""
+def _only_the_rewritten_converts(model: onnx.ModelProto, tmp_path, error: str, converter: str = "onnx2tf"):
+    """`converter` fails on `model` with `error`, and converts what prepare() makes of it: (converted, rewrite)."""
     from pt2tf_convert.backends import ConversionError, load_backend
 
-    backend = load_backend("onnx2tf")
+    backend = load_backend(converter)
     original = tmp_path / "original.onnx"
     onnx.save(model, str(original))
     (tmp_path / "a").mkdir()
     with pytest.raises(ConversionError, match=error):
         backend.convert(model, original, tmp_path / "a")
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, converter)
     path = tmp_path / "rewritten.onnx"
     onnx.save(rewritten, str(path))
     (tmp_path / "b").mkdir()
@@ -232,10 +235,10 @@ FIXED_SIZES = [
 
 
 @pytest.mark.parametrize("sizes", FIXED_SIZES)
-def test_a_mask_built_from_fixed_sizes_becomes_an_initializer_with_the_same_values(sizes):
+def test_a_mask_built_from_fixed_sizes_becomes_an_initializer_with_the_same_values(lane, sizes):
     model = _masked(sizes)
     before = model.SerializeToString()
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert model.SerializeToString() == before
     assert rewrite.changed and rewrite.folded_tensors == ["mask"] and rewrite.folded_nodes == 5
     assert [node.op_type for node in rewritten.graph.node] == ["Add"]
@@ -248,7 +251,7 @@ def test_a_mask_built_from_fixed_sizes_becomes_an_initializer_with_the_same_valu
         np.testing.assert_array_equal(_run_masked(rewritten, batch), _run_masked(model, batch))
 
 
-def test_only_the_fixed_part_of_a_shape_with_the_batch_in_it_is_folded():
+def test_only_the_fixed_part_of_a_shape_with_the_batch_in_it_is_folded(lane):
     """Concat(Shape(input)[:1], Shape(input)[1:]): the sizes after the batch are fixed and become an initializer; the
     batch's size stays computed, so the mask still takes every batch size."""
     model = _masked(
@@ -258,7 +261,7 @@ def test_only_the_fixed_part_of_a_shape_with_the_batch_in_it_is_folded():
             helper.make_node("Concat", ["batch_size", "fixed_sizes"], ["sizes"], axis=0),
         ]
     )
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert rewrite.folded_tensors == ["fixed_sizes"] and rewrite.folded_nodes == 1
     (fixed,) = [i for i in rewritten.graph.initializer if i.name == "fixed_sizes"]
     np.testing.assert_array_equal(numpy_helper.to_array(fixed), [3, 6, 6])
@@ -290,46 +293,46 @@ BATCH_DEPENDENT_OR_NOT_CONSTANT = [
 
 
 @pytest.mark.parametrize("sizes", BATCH_DEPENDENT_OR_NOT_CONSTANT)
-def test_what_depends_on_the_batch_or_a_random_draw_is_not_folded(sizes):
+def test_what_depends_on_the_batch_or_a_random_draw_is_not_folded(lane, sizes):
     model = _masked(sizes)
     before = model.SerializeToString()
-    for rewrite_function in (fold_constants, prepare):
+    for rewrite_function in (fold_constants, partial(prepare, converter=lane.converter)):
         rewritten, rewrite = rewrite_function(model)
         assert not rewrite.changed and rewrite.folded_tensors == [] and rewrite.folded_nodes == 0
         assert rewritten is model and rewritten.SerializeToString() == before
 
 
-def test_an_initializer_that_is_also_a_graph_input_is_a_default_and_not_folded():
+def test_an_initializer_that_is_also_a_graph_input_is_a_default_and_not_folded(lane):
     """An initializer listed among the graph's inputs can be fed at run time: what it computes is not constant."""
     model = _masked([helper.make_node("Identity", ["fixed"], ["sizes"])])
     model.graph.input.append(helper.make_tensor_value_info("fixed", TensorProto.INT64, [2]))
     onnx.checker.check_model(model, full_check=True)
     before = model.SerializeToString()
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert not rewrite.changed and rewritten is model and model.SerializeToString() == before
 
 
-def test_a_constant_graph_output_stays_the_output_of_its_node():
+def test_a_constant_graph_output_stays_the_output_of_its_node(lane):
     model = _masked(FIXED_SIZES[0].values[0], extra_outputs=("mask",))
     before = model.SerializeToString()
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert not rewrite.changed and rewritten is model and model.SerializeToString() == before
 
 
-def test_a_tensor_over_the_size_limit_stays_computed(monkeypatch):
+def test_a_tensor_over_the_size_limit_stays_computed(lane, monkeypatch):
     """The 6×6 float mask is 144 bytes: with the limit below that, nothing is written into the file."""
     import pt2tf_convert.onnx_rewrite as onnx_rewrite
 
     model = _masked(FIXED_SIZES[0].values[0])
     before = model.SerializeToString()
     monkeypatch.setattr(onnx_rewrite, "FOLD_LIMIT_BYTES", 143)
-    rewritten, rewrite = prepare(model)
+    rewritten, rewrite = prepare(model, lane.converter)
     assert not rewrite.changed and rewritten is model and model.SerializeToString() == before
     monkeypatch.setattr(onnx_rewrite, "FOLD_LIMIT_BYTES", 144)
-    assert prepare(model)[1].folded_tensors == ["mask"]
+    assert prepare(model, lane.converter)[1].folded_tensors == ["mask"]
 
 
-def test_a_graph_with_nothing_to_fold_is_left_byte_identical():
+def test_a_graph_with_nothing_to_fold_is_left_byte_identical(lane):
     """A convolution of the input whose weight is an Identity of an initializer (the TorchScript exporter's shared
     weight) and whose bias is a Constant: stored values already, nothing to fold."""
     weight = np.random.default_rng(0).normal(size=(2, 3, 3, 3)).astype(np.float32)
@@ -350,7 +353,7 @@ def test_a_graph_with_nothing_to_fold_is_left_byte_identical():
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     before = model.SerializeToString()
-    for rewrite_function in (fold_constants, prepare):
+    for rewrite_function in (fold_constants, partial(prepare, converter=lane.converter)):
         rewritten, rewrite = rewrite_function(model)
         assert rewritten is model and rewritten.SerializeToString() == before and not rewrite.changed
 
@@ -372,3 +375,81 @@ def test_on_onnx2tf_folding_is_what_lets_a_mask_from_fixed_sizes_convert(lane, t
         if output.shape == (batch, 6, 6, 3):  # onnx2tf 1.28 leaves a 4-D output NHWC; 1.29 gives back ONNX's NCHW
             output = output.transpose(0, 3, 1, 2)
         np.testing.assert_allclose(output, _run_masked(model, batch), rtol=0, atol=1e-6)
+
+
+def _padded(pads: list[int], constant: str | None) -> onnx.ModelProto:
+    """`output` = Pad(input, pads[, constant]) at opset 13, as the TorchScript exporter writes Swin-T's window
+    padding (`constant` "": the constant value left out by name); the pads are computed from the input's shape, as
+    Swin's are."""
+    nodes = [
+        helper.make_node("Shape", ["input"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "one"], ["batch"]),
+        helper.make_node("Mul", ["batch", "nothing"], ["no_pad"]),  # 0 at run time: pads from sizes, as in Swin
+        helper.make_node("Add", ["no_pad", "fixed_pads"], ["pads"]),
+        helper.make_node("Pad", ["input", "pads"] + ([] if constant is None else [constant]), ["output"]),
+    ]
+    constants = {
+        "zero": np.array([0], np.int64),
+        "one": np.array([1], np.int64),
+        "nothing": np.array([0], np.int64),
+        "fixed_pads": np.array(pads, np.int64),
+        "value": np.array(2.5, np.float32),
+    }
+    used = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(
+        nodes,
+        "padded",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 6, 6])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items() if name in used],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+PADS = [0, 0, 0, 0, 0, 0, 1, 2]  # Swin pads the window's last two axes at their ends
+
+
+def test_a_trailing_omitted_input_is_dropped_for_onnx_tf_with_the_same_values():
+    model = _padded(PADS, "")
+    before = model.SerializeToString()
+    rewritten, rewrite = prepare(model, "onnx-tf")
+    assert model.SerializeToString() == before
+    assert rewrite.changed and rewrite.trailing_empty_inputs == 1 and rewrite.folded_tensors == []
+    (pad,) = [node for node in rewritten.graph.node if node.op_type == "Pad"]
+    assert list(pad.input) == ["input", "pads"]
+    assert "1 trailing omitted optional input(s)" in rewrite.summary()
+    for batch in BATCH_SIZES:
+        np.testing.assert_array_equal(_run_masked(rewritten, batch), _run_masked(model, batch))
+
+
+@pytest.mark.parametrize("converter", ["onnx2tf", "no-such-converter"])
+def test_other_converters_read_the_omitted_input_as_it_is(converter):
+    model = _padded(PADS, "")
+    before = model.SerializeToString()
+    rewritten, rewrite = prepare(model, converter)
+    assert not rewrite.changed and rewritten is model and rewritten.SerializeToString() == before
+
+
+@pytest.mark.parametrize("constant", [None, "value"], ids=["no constant input", "a constant value"])
+def test_a_node_without_trailing_omitted_inputs_is_left_byte_identical(constant):
+    model = _padded(PADS, constant)
+    before = model.SerializeToString()
+    for rewrite_function in (trailing_empty_inputs, partial(prepare, converter="onnx-tf")):
+        rewritten, rewrite = rewrite_function(model)
+        assert not rewrite.changed and rewritten is model and rewritten.SerializeToString() == before
+
+
+def test_on_onnx_tf_dropping_the_omitted_input_is_what_lets_the_pad_convert(lane, tmp_path):
+    """onnx-tf 1.10's Pad handler looks a third input up by its name, "" (KeyError): the original fails, the
+    rewritten converts, with ONNX Runtime's values at every batch size."""
+    if lane.converter != "onnx-tf":
+        pytest.skip(f"lane {lane.name} converts with {lane.converter}; the failure is onnx-tf's")
+    model = _padded(PADS, "")
+    converted, rewrite = _only_the_rewritten_converts(model, tmp_path, r"KeyError", converter="onnx-tf")
+    assert rewrite.trailing_empty_inputs == 1
+    for batch in BATCH_SIZES:
+        x = np.random.default_rng(batch).normal(size=(batch, 3, 6, 6)).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(converted.call(x)), _run_masked(model, batch))

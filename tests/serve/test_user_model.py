@@ -2,8 +2,8 @@
 squeeze-excitation blocks, a custom activation and 10 classes (tests/data/user_model), in a temporary package on
 PYTHONPATH, exported by the pt2tf-export command line in the export env (PT2TF_EXPORT_PYTHON) with a weights file
 and a spec, then converted, verified and served here. Its answers over REST and gRPC, both signatures, must be the
-in-process `tf.saved_model.load` answers. A lane whose converter cannot take it must refuse at convert, naming
-the operator and the lanes that may take it.
+in-process `tf.saved_model.load` answers. (A converter's refusal of an operator, naming it and the lanes that may take
+it, is tests/convert/test_convert.py's.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import pytest
 import tensorflow as tf
 from pt2tf_convert.artifacts import load_reference, photo_bytes
 from pt2tf_convert.convert import convert
-from pt2tf_convert.support import ConversionError
 from pt2tf_convert.verify import Thresholds, verify
 from pt2tf_serve.client import GrpcClient, RestClient
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
@@ -30,17 +29,16 @@ DATA = ROOT / "tests" / "data" / "user_model"
 PACKAGE = "pt2tf_test_usernets"
 NAME = "tiny_shuffle"  # the spec's served name
 ATOL = 2e-4  # the conformance suite's: batching sums in another order
-# onnx-tf 1.10 has no handler for Unsqueeze at opset 13, which the TorchScript exporter writes for this model.
-REFUSED = {"onnx-tf": "no conversion for op Unsqueeze v13 at opset 13"}
-# make test's budget: the whole path on the default lane, the refusal on onnx-tf; `latest` runs onnx2tf's converter
-# as the default lane does (a newer TensorFlow), so its serve suite leaves this model to the default lane's.
-LANES = {load_matrix().default_lane, *REFUSED}
+# make test's budget: the whole path on the default lane and on onnx-tf (whose TorchScript export of this model has
+# Unsqueeze 13, which onnx-tf 1.10 lacks and the backend adds); `latest` runs onnx2tf's converter as the default lane
+# does (a newer TensorFlow), so its serve suite leaves this model to the default lane's.
+LANES = {load_matrix().default_lane, "onnx-tf"}
 
 
 @pytest.fixture(scope="module")
 def user_export(lane, tmp_path_factory) -> Path:
     if lane.name not in LANES:
-        pytest.skip(f"lane {lane.name}: the default lane ({load_matrix().default_lane}) takes the user's model through")
+        pytest.skip(f"lane {lane.name}: lanes {', '.join(sorted(LANES))} take the user's model through")
     python = os.environ.get("PT2TF_EXPORT_PYTHON")
     if not python:
         pytest.fail("PT2TF_EXPORT_PYTHON is not set: nox sets it to the export env's python for this suite")
@@ -66,18 +64,8 @@ def user_export(lane, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def user_version(lane, user_export, tmp_path_factory) -> Path:
-    if lane.name in REFUSED:
-        pytest.skip(f"lane {lane.name}'s converter cannot take the model (test_the_lane_that_cannot_take_it...)")
     models = tmp_path_factory.mktemp("models")
     return convert(lane.name, lane.converter, user_export, models)
-
-
-def test_the_lane_that_cannot_take_it_refuses_at_convert_naming_the_operator(lane, user_export, tmp_path):
-    if lane.name not in REFUSED:
-        pytest.skip(f"lane {lane.name} takes the model")
-    with pytest.raises(ConversionError, match=REFUSED[lane.name] + r".*lanes that take IR \d+ / opset \d+: .*onnx2tf"):
-        convert(lane.name, lane.converter, user_export, tmp_path / "models")
-    assert not (tmp_path / "models" / NAME).exists() or not any((tmp_path / "models" / NAME).iterdir())
 
 
 def test_converted_under_its_spec_name_with_its_class_count_and_verified(lane, user_export, user_version, tmp_path):

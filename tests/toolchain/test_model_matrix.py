@@ -230,12 +230,22 @@ def test_a_cell_whose_onnx_file_was_rewritten_says_so_in_its_details():
     folded = {"range_scalar_bounds": 1, "nodes": ["node_Range_3710"], "folded_tensors": ["mask_a", "mask_b"]}
     both = _cell() | {"lane": "d", "onnx_rewrite": folded | {"folded_nodes": 57}}
     as_is_now = _cell() | {"lane": "e", "onnx_rewrite": {**folded, "range_scalar_bounds": 0, "folded_tensors": []}}
-    text = markdown([rewritten, as_is, before, both, as_is_now], ["a", "b", "c", "d", "e"], ["m"], "some CPU")
+    # Swin-T on onnx-tf: its folded constants, and the window Pads' omitted constant value dropped.
+    padded = _cell() | {
+        "lane": "f",
+        "onnx_rewrite": {**folded, "folded_nodes": 57, "range_scalar_bounds": 0, "trailing_empty_inputs": 15},
+    }
+    lanes = ["a", "b", "c", "d", "e", "f"]
+    text = markdown([rewritten, as_is, before, both, as_is_now, padded], lanes, ["m"], "some CPU")
     rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| m | ")}
     rewrite = "ONNX rewrite: 1 Range bound(s) made scalar (node_Range_212); transposes 52→2;"
     assert f"| pass | –, –, –, –, – | {rewrite}" in rows["a"]
     assert "| ONNX rewrite: 2 constant tensor(s) folded, 57 node(s) removed, 1 Range bound(s) made scalar " in rows["d"]
     assert not any("ONNX rewrite" in rows[lane] for lane in "bce")
+    assert (
+        "| ONNX rewrite: 2 constant tensor(s) folded, 57 node(s) removed, 15 trailing omitted input(s) dropped;"
+        in (rows["f"])
+    )
     assert "| transposes 52→2; float32 rounding" in rows["b"]
 
 
