@@ -10,8 +10,8 @@ Transposes are layout bookkeeping, not maths, so this module:
 2. sinks every Transpose below the elementwise ops it feeds (Add, Relu, ...: applying them before or
    after a transpose computes the same values) and cancels each pair that meets its
    inverse, until no pair is left to cancel;
-3. writes a per-channel constant added to a convolution as BiasAdd, the pattern Grappler's remapper
-   fuses (with the residual Add and the Relu) into one oneDNN convolution;
+3. writes a per-channel constant added to a convolution (depthwise too) as BiasAdd, the pattern Grappler's
+   remapper fuses (with the residual Add and the Relu, or a hard-swish) into one oneDNN convolution;
 4. folds the max-pool's -inf padding (a PadV2 copying the whole activation) into the MaxPool itself;
 5. pins the input's shape (EnsureShape) so that Grappler's shape inference knows the spatial sizes.
    Its remapper fuses a residual Add only when both operands' shapes are provably equal, and by
@@ -492,6 +492,11 @@ def _bias_adds(graph: _Graph) -> int:
 
     Grappler's arithmetic optimizer merges Add(Add(conv, bias), shortcut) into one AddN, which its
     remapper cannot fuse into the convolution; BiasAdd(conv) + shortcut + Relu it fuses into one op.
+    A depthwise convolution's bias must be a BiasAdd too: TensorFlow 2.19's remapper takes an
+    AddV2(depthwise, bias) followed by a hard-swish for its conv + bias + hard-swish fusion, then fails
+    to apply it ("Mutation::Apply error: fanout ... exist for missing node"), which throws away every
+    fusion of that remapper pass (MobileNetV3-Small on onnx2tf: no Relu, hard-swish or residual Add went
+    into any of its 52 convolutions).
     """
     rewritten = 0
     for node in graph.graph_def.node:
@@ -500,13 +505,18 @@ def _bias_adds(graph: _Graph) -> int:
         for data, other in (node.input, reversed(node.input)):
             producer = graph.producer(data)
             value = graph.const_value(other)
-            if producer is None or value is None or producer.op not in ("Conv2D", "MatMul"):
+            if producer is None or value is None or producer.op not in ("Conv2D", "DepthwiseConv2dNative", "MatMul"):
                 continue
-            if producer.op == "Conv2D" and producer.attr["data_format"].s not in (b"", b"NHWC"):
+            if producer.op != "MatMul" and producer.attr["data_format"].s not in (b"", b"NHWC"):
                 continue
             weights = graph.const_value(producer.input[1])
             transposed = producer.op == "MatMul" and producer.attr["transpose_b"].b
-            channels = None if weights is None else weights.shape[0 if transposed else -1]
+            if weights is None:
+                channels = None
+            elif producer.op == "DepthwiseConv2dNative":
+                channels = weights.shape[2] * weights.shape[3]  # [height, width, in, multiplier]
+            else:
+                channels = weights.shape[0 if transposed else -1]
             if value.ndim == 0 or any(d != 1 for d in value.shape[:-1]) or value.shape[-1] != channels:
                 continue
             bias = graph.add_const(node.name + "/bias", np.ascontiguousarray(value.reshape(-1)))

@@ -170,3 +170,36 @@ def test_the_graph_rewrites_keep_parity_and_leave_what_they_do_not_rewrite(lane,
     kept_before = _data_path_ops(frozen, input_name)
     kept_after = _data_path_ops(traced.graph.as_graph_def(), traced.inputs[0].name)
     assert kept_before and kept_after == kept_before, "an op optimize() has no rewrite for changed on the input's path"
+
+
+def test_the_served_graph_fuses_each_convolutions_bias_and_hard_swish(lane, published):
+    """In a Session as TF Serving runs it, Grappler's remapper fuses every convolution's bias and each hard-swish
+    after a convolution into it: onnx2tf's x * relu6(x + 3) * 1/6 is a form its _FusedHardSwish matches. A depthwise
+    convolution's bias left as an AddV2 made TensorFlow 2.19's remapper fail its whole pass: nothing fused at all."""
+    from pt2tf_serve.config import load_platform_config
+    from pt2tf_serve.servable import Servable
+
+    if lane.converter != "onnx2tf":
+        pytest.skip(f"{lane.converter} writes hard-swish in another form")
+    _, version_dir = published
+    platform_config = Path(__file__).parents[2] / "docker" / "config" / "platform.config"
+    config = load_platform_config(platform_config, os.cpu_count() or 1).session_config
+    servable = Servable(ARCHITECTURE, 1, version_dir, config, ["serve"])
+    try:
+        signature = servable.signature_defs["serving_default"]
+        feed, fetch = signature.inputs["input"].name, signature.outputs["output"].name
+        shape = [dim.size for dim in signature.inputs["input"].tensor_shape.dim]
+        metadata = tf.compat.v1.RunMetadata()
+        options = tf.compat.v1.RunOptions(output_partition_graphs=True)
+        servable.session.run(fetch, {feed: np.zeros([1, *shape[1:]], np.float32)}, options, metadata)
+    finally:
+        servable.close()
+    nodes = [node for graph in metadata.partition_graphs for node in graph.node]
+    fused = Counter(
+        tuple(s.decode() for s in node.attr["fused_ops"].list.s) for node in nodes if "fused_ops" in node.attr
+    )
+    ops = Counter(node.op for node in nodes)
+    # 19 hard-swishes: 18 after a convolution fuse, the classifier's (after a MatMul) has no fusion to go into
+    assert fused[("BiasAdd", "_FusedHardSwish")] == 18 and ops["Relu6"] == 1, (fused, ops)
+    # the squeeze-excitation convolutions have no bias; every other one carries it
+    assert sum(fused.values()) >= 34 and ops["AddV2"] <= 10, (fused, ops)

@@ -619,6 +619,31 @@ def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, pad
     assert ("PadV2" not in ops) == folds
 
 
+def test_a_depthwise_convolutions_bias_becomes_a_bias_add():
+    from pt2tf_convert.optimize import _bias_adds, _Graph
+
+    rng = np.random.default_rng(6)
+
+    def build(x):  # onnx2tf's MobileNetV3 block: each convolution's bias an Add of a vector
+        expanded = tf.nn.conv2d(x, rng.normal(size=(1, 1, 3, 4)).astype(np.float32), 1, "SAME")
+        expanded = tf.nn.relu(expanded + rng.normal(size=4).astype(np.float32))
+        depthwise = tf.nn.depthwise_conv2d(expanded, rng.normal(size=(3, 3, 4, 2)).astype(np.float32), [1] * 4, "SAME")
+        return depthwise + rng.normal(size=8).astype(np.float32)  # 4 channels × multiplier 2
+
+    graph_def, x, y = _nhwc_graph(build)
+    rewritten = graph_pb2.GraphDef()
+    rewritten.CopyFrom(graph_def)
+    graph = _Graph(rewritten, {y.split(":")[0]})
+    assert _bias_adds(graph) == 2
+    graph.prune()
+    nodes = {n.name: n for n in rewritten.node}
+    reads = sorted(nodes[n.input[0]].op for n in rewritten.node if n.op == "BiasAdd")
+    assert reads == ["Conv2D", "DepthwiseConv2dNative"]
+    assert not {"Add", "AddV2"} & {n.op for n in rewritten.node}
+    value = rng.normal(size=(2, 7, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
+
+
 @pytest.mark.parametrize(
     "perm, axes, keep_dims, transposes_left",
     [
