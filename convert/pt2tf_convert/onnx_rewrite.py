@@ -375,10 +375,10 @@ def fold_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite
 
 
 def _trailing_empty(node: onnx.NodeProto) -> int:
-    count = 0
-    while count < len(node.input) and node.input[len(node.input) - 1 - count] == "":
-        count += 1
-    return count
+    names = list(node.input)
+    while names and names[-1] == "":
+        names.pop()
+    return len(node.input) - len(names)
 
 
 def trailing_empty_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, OnnxRewrite]:
@@ -397,17 +397,13 @@ def trailing_empty_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Onnx
     return result, rewrite
 
 
-# The rewrites that only one converter needs, by backend name (backends.MODULES): the others read the file as it is.
-CONVERTER_REWRITES = {"onnx-tf": (trailing_empty_inputs,)}
-
-
 def prepare(model: onnx.ModelProto, converter: str) -> tuple[onnx.ModelProto, OnnxRewrite]:
     """Every ONNX-level rewrite for `converter` (a backend name), each where its pattern is present: the model to
     convert and what changed."""
     folded, rewrite = fold_constants(model)  # first: a Range bound over a fixed size becomes a constant
     result, bounds = scalar_range_bounds(folded)
     rewrite.range_scalar_bounds, rewrite.nodes = bounds.range_scalar_bounds, bounds.nodes
-    for converter_rewrite in CONVERTER_REWRITES.get(converter, ()):
-        result, own = converter_rewrite(result)
-        rewrite.trailing_empty_inputs += own.trailing_empty_inputs
+    if converter == "onnx-tf":  # only onnx-tf's handlers look an omitted input up by its empty name
+        result, trailing = trailing_empty_inputs(result)
+        rewrite.trailing_empty_inputs = trailing.trailing_empty_inputs
     return result, rewrite

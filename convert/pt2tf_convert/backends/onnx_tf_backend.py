@@ -7,14 +7,14 @@ is loaded back so the wrapper can save it once behind the project's signatures.
 onnx-tf 1.10 converts a node with its handler's `version_<n>` method, n the op's version at the
 model's opset, and has none for Unsqueeze 13 (opset 13 moved `axes` from an attribute to an
 input: the TorchScript exporter writes it 489 times in Swin-T). This backend adds that method
-to onnx-tf's Unsqueeze handler for the length of a conversion (ADDED_HANDLERS); the pre-check
-counts it as handled where it can run: with axes the file holds as a constant.
+to onnx-tf's Unsqueeze handler for the length of a conversion (_unsqueeze_13_added); the
+pre-check counts it as handled where it can run: with axes the file holds as a constant.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,24 +64,17 @@ def _unsqueeze_13(cls, node, **kwargs) -> list[tf.Tensor]:
     return [x]
 
 
-# (op, version) → (onnx-tf's handler class, the version_<n> method this backend adds to it while converting).
-ADDED_HANDLERS: dict[tuple[str, int], tuple[type, Callable]] = {("Unsqueeze", 13): (Unsqueeze, _unsqueeze_13)}
-
-
 @contextlib.contextmanager
-def _added_handlers() -> Iterator[None]:
-    """onnx-tf's handlers with ADDED_HANDLERS' versions in them, for one conversion, taken out again after."""
-    added = []
+def _unsqueeze_13_added() -> Iterator[None]:
+    """onnx-tf's Unsqueeze handler with _unsqueeze_13 as its version_13, for one conversion, taken out again after."""
+    added = not hasattr(Unsqueeze, "version_13")  # a newer onnx-tf's own handler wins
+    if added:
+        Unsqueeze.version_13 = classmethod(_unsqueeze_13)
     try:
-        for (_, version), (handler, method) in ADDED_HANDLERS.items():
-            name = f"version_{version}"
-            if not hasattr(handler, name):  # a newer onnx-tf's own handler wins
-                setattr(handler, name, classmethod(method))
-                added.append((handler, name))
         yield
     finally:
-        for handler, name in added:
-            delattr(handler, name)
+        if added:
+            del Unsqueeze.version_13
 
 
 def _constants(graph: onnx.GraphProto) -> set[str]:
@@ -93,7 +86,7 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     """Ops onnx-tf has no handler for at the model's opset.
 
     onnx-tf runs an op with the handler of the op's version at that opset (the schema's since_version)
-    and fails on the spot when it has none: it handles Unsqueeze 1 and 11, and with ADDED_HANDLERS 13
+    and fails on the spot when it has none: it handles Unsqueeze 1 and 11, and with _unsqueeze_13 13
     (axes as an input) where the axes are a constant; Squeeze 1 and 11, not 13."""
     opset = next(o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS)
     constants = _constants(model.graph)
@@ -108,9 +101,9 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
             missing.add(node.op_type)  # not a standard op at this opset
             continue
         handled = backend_opset_version.get(node.op_type, [])
-        if (node.op_type, version) in ADDED_HANDLERS:
-            if node.op_type == "Unsqueeze" and (len(node.input) < 2 or node.input[1] not in constants):
-                missing.add(f"Unsqueeze v{version} with axes computed at run time")
+        if (node.op_type, version) == ("Unsqueeze", 13):  # converted by _unsqueeze_13, with constant axes only
+            if len(node.input) < 2 or node.input[1] not in constants:
+                missing.add("Unsqueeze v13 with axes computed at run time")
             continue
         if version not in handled:
             missing.add(f"{node.op_type} v{version}" if handled else node.op_type)
@@ -120,7 +113,7 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
 def convert(model: onnx.ModelProto, onnx_path: Path, workdir: Path) -> ConvertedModel:
     out = workdir / "onnx-tf-savedmodel"
     try:
-        with _added_handlers():
+        with _unsqueeze_13_added():
             prepare(model, device="CPU", strict=True, logging_level="ERROR").export_graph(str(out))
     except Exception as exc:
         raise ConversionError(f"onnx-tf {onnx_tf.version.version} failed on {onnx_path}: {exc!r}") from exc
