@@ -294,14 +294,35 @@ def _sink_once(graph: _Graph) -> bool:
 
 
 def _bypass_identities(graph: _Graph) -> int:
-    """Consumers of Identity(x) read x (onnx-tf's graphs carry one per tensor); returns how many."""
-    bypassed = 0
-    for node in list(graph.graph_def.node):
-        single = len(node.input) == 1 and not node.input[0].startswith("^")
-        if node.op == "Identity" and node.name not in graph.keep and single:
-            graph.rewire(node.name, node.input[0], skip=node)
-            bypassed += 1
-    return bypassed
+    """Consumers of Identity(x) read x (onnx-tf's graphs carry one per tensor); returns how many.
+
+    One pass to find them and one to rewire every input: linear in the graph. Rewiring each with a pass over
+    every node took 452 s on Swin-T's onnx-tf graph with its loops lowered (40 866 nodes).
+    """
+    source = {
+        node.name: node.input[0]
+        for node in graph.graph_def.node
+        if node.op == "Identity" and node.name not in graph.keep and len(node.input) == 1
+        if not node.input[0].startswith("^")
+    }
+
+    def resolve(name: str) -> str:
+        seen = []
+        while True:
+            node, port = _split(name)
+            if port or node not in source:
+                break
+            seen.append(node)
+            name = source[node]
+        for node in seen:  # a chain Identity(Identity(x)) is walked once
+            source[node] = name
+        return name
+
+    for node in graph.graph_def.node:  # an Identity kept alive by a control input reads x too
+        for i, name in enumerate(node.input):
+            if not name.startswith("^") and _split(name)[0] in source:
+                node.input[i] = resolve(name)
+    return len(source)
 
 
 def _fold_layout_constants(graph: _Graph) -> int:
