@@ -15,7 +15,7 @@ runs the model, interleaved with ONNX Runtime in the same process over a few rou
 that fails is recorded with its error like the others. Writes <out>/results.json, <out>.md
 (reports/models.md) and <out>.html (the tables and a chart drawn by pt2tf_convert.matrix_chart in an env
 with matplotlib, --chart-python), each to a temporary file renamed into place; the cells of models a run
-does not take are kept from the previous results.json, so a few can be run again.
+and lanes a run does not take are kept from the previous results.json, so a few can be run again.
 """
 
 from __future__ import annotations
@@ -579,8 +579,12 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     speed = Speed(platform_config=args.platform_config) if args.speed else None
     lane_names = [lane.name for lane in args.lane]
-    results = [cell for cell in _previous(args.out) if cell["model"] not in args.models]
+    previous = _previous(args.out)
+    taken = {(model, lane) for model in args.models for lane in lane_names}
+    results = [cell for cell in previous if (cell["model"], cell["lane"]) not in taken]
     order = list(dict.fromkeys([cell["model"] for cell in results] + args.models))
+    # The tables keep every lane the previous run had: one lane run again for one model leaves the others' cells.
+    lanes = list(dict.fromkeys([cell["lane"] for cell in previous] + lane_names))
     for model in args.models:
         work = Path(tempfile.mkdtemp(prefix=f"pt2tf-models-{model}-"))
         try:
@@ -590,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)  # ~100 MB per model and lane
         # Written after every model: a long run shows its table so far, and an interrupted one keeps it.
-        write_reports(args.out, results, lane_names, order, args.cpu, args.chart_python, env)
+        write_reports(args.out, results, lanes, order, args.cpu, args.chart_python, env)
     print(args.out.with_suffix(".md").read_text())
     return 0
 

@@ -296,3 +296,26 @@ def test_a_partial_run_keeps_the_other_models_cells_and_writes_three_reports(tmp
     html_page = (tmp_path / "models.html").read_text()
     assert "No chart: no --chart-python" in html_page and "<td>mobilenet_v3_small</td>" in html_page
     assert not [p.name for p in tmp_path.rglob("*.partial")], "temporary files are renamed into place"
+
+
+def test_one_lane_run_again_for_one_model_keeps_that_models_other_lanes(tmp_path, monkeypatch):
+    out = tmp_path / "models"
+    out.mkdir()
+    recorded = _recorded()
+    (out / "results.json").write_text(json.dumps({"cpu": "before", "cells": recorded}))
+    monkeypatch.setenv("PYTHONPATH", str(model_matrix.Path(model_matrix.__file__).parents[1]))
+    lane = f"onnx2tf:dynamo:18:onnx2tf:{sys.executable}:{sys.executable}"
+    assert model_matrix.main(["--out", str(out), "--lane", lane, "--models", "mobilenet_v3_small", "--no-speed"]) == 0
+    cells = {(c["model"], c["lane"]): c for c in json.loads((out / "results.json").read_text())["cells"]}
+    before = {(c["model"], c["lane"]): c for c in recorded}
+    assert set(cells) == set(before), "the same cells: one replaced, none dropped"
+    assert cells["mobilenet_v3_small", "onnx2tf"]["stage"] == "export", (
+        "the one run again (the tools env cannot export)"
+    )
+    assert {k: v for k, v in cells.items() if k != ("mobilenet_v3_small", "onnx2tf")} == {
+        k: v for k, v in before.items() if k != ("mobilenet_v3_small", "onnx2tf")
+    }
+    header = next(line for line in (tmp_path / "models.md").read_text().splitlines() if line.startswith("| model |"))
+    assert (
+        header == "| model | " + " | ".join(f"`{lane}`" for lane in dict.fromkeys(c["lane"] for c in recorded)) + " |"
+    )
