@@ -14,6 +14,7 @@ and ONNX Runtime reproduces PyTorch on the reference inputs at several batch siz
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import sys
@@ -64,17 +65,18 @@ def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         if exporter == "torchscript":
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                do_constant_folding=True,
-            )
+            with _attention_below_opset_14(opset):
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    do_constant_folding=True,
+                )
         elif exporter == "dynamo":
             program = torch.onnx.export(
                 model,
@@ -90,6 +92,32 @@ def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -
             program.save(str(path), external_data=False)
         else:
             raise ExportError(f"unknown exporter '{exporter}': use 'torchscript' or 'dynamo'")
+
+
+@contextlib.contextmanager
+def _attention_below_opset_14(opset: int):
+    """The TorchScript exporter writes scaled_dot_product_attention from opset 14 on, with Transpose, Mul, Sqrt,
+    MatMul and Softmax (and Shape, Slice, Cast, Div for the default scale): operators opset 13 has with the same
+    meaning. Below 14 that same rule is registered for the export's duration, and removed after (onnx-tf's lane
+    exports at 13; ViT's attention needed it). A causal mask needs Trilu, which opset 13 lacks: refused with the
+    exporter's own error, naming the operator and opset 14."""
+    if opset >= 14:
+        yield
+        return
+    from torch.onnx import errors, symbolic_helper, symbolic_opset14
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
+    def attention(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, gqa=False):
+        if is_causal:
+            raise errors.UnsupportedOperatorError("aten::scaled_dot_product_attention (is_causal)", opset, 14)
+        rule = symbolic_opset14.scaled_dot_product_attention  # its own parse_args passes parsed values through
+        return rule(g, query, key, value, attn_mask, dropout_p, is_causal, scale, gqa)
+
+    torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", attention, opset)
+    try:
+        yield
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", opset)
 
 
 def exporter_error(exc: BaseException) -> str:

@@ -209,15 +209,83 @@ def test_an_unconvertible_op_fails_naming_the_op(lane, tmp_path):
 
 
 def test_an_op_version_the_converter_lacks_is_named(lane, tmp_path):
-    # Squeeze took its axes as an input from opset 13: onnx-tf 1.10 handles versions 1 and 11 only, and would fail
-    # mid-conversion on it; onnx2tf takes it.
+    # Scatter's version 11 (opset 11 deprecated it for ScatterElements): onnx-tf 1.10 has version 9's handler only,
+    # and would fail mid-conversion on it.
+    if lane.converter != "onnx-tf":
+        pytest.skip(f"lane {lane.name} converts with {lane.converter}; the example is onnx-tf's gap")
+    path = tmp_path / "scatter.onnx"
+    onnx.save(_tiny_model("Scatter", opset=13), str(path))
+    with pytest.raises(ConversionError, match=r"has no conversion for op Scatter v11 at opset 13"):
+        check_supported(path, lane.name, load_backend(lane.converter))
+
+
+def test_squeeze_13_passes_the_pre_check_on_every_lane(lane, tmp_path):
+    # Squeeze took its axes as an input from opset 13: onnx2tf has its own, the onnx-tf backend adds one.
     path = tmp_path / "squeeze.onnx"
     onnx.save(_tiny_model("Squeeze", opset=13), str(path))
-    if lane.converter == "onnx-tf":
-        with pytest.raises(ConversionError, match=r"has no conversion for op Squeeze v13 at opset 13"):
-            check_supported(path, lane.name, load_backend(lane.converter))
-    else:
-        assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Squeeze"
+    assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Squeeze"
+
+
+def _squeezed(axes: list[int] | None, axes_from: str) -> onnx.ModelProto:
+    """`output` = Squeeze(input [batch, 1, 3, 1], axes) at opset 13, the axes `axes_from` an initializer, a Constant
+    node (the TorchScript exporter's way: 36 in ViT-B/16's attention) or absent (every axis of size 1 goes)."""
+    nodes, initializers, inputs = [], [], ["input"]
+    gone = {1, 3} if axes is None else {axis % 4 for axis in axes}
+    kept = [size for axis, size in enumerate(["batch", 1, 3, 1]) if axis not in gone]
+    if axes_from == "initializer":
+        initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+        inputs.append("axes")
+    elif axes_from == "Constant":
+        nodes.append(
+            helper.make_node("Constant", [], ["axes"], value=numpy_helper.from_array(np.array(axes, np.int64)))
+        )
+        inputs.append("axes")
+    nodes.append(helper.make_node("Squeeze", inputs, ["output"], name="the_squeeze"))
+    graph = helper.make_graph(
+        nodes,
+        "squeezed",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 1, 3, 1])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, kept)],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize(
+    ("axes", "axes_from"),
+    [
+        ([1], "Constant"),
+        ([-1], "Constant"),
+        ([1, 3], "Constant"),
+        ([-3, -1], "initializer"),
+        ([3], "initializer"),
+        (None, "absent"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_squeeze_13_converts_as_onnx_runtime_computes_it(lane, tmp_path, axes, axes_from):
+    """onnx-tf 1.10 has no Squeeze 13; the backend adds it: the SavedModel gives ONNX Runtime's shape and values,
+    a negative axis counted from the end of the input as ONNX counts it."""
+    if lane.converter != "onnx-tf":
+        pytest.skip(f"lane {lane.name} converts with {lane.converter}, which has its own Squeeze 13")
+    from onnx_tf.handlers.backend.squeeze import Squeeze
+
+    model = _squeezed(axes, axes_from)
+    path = tmp_path / "squeeze.onnx"
+    onnx.save(model, str(path))
+    backend = load_backend(lane.converter)
+    converted = backend.convert(check_supported(path, lane.name, backend), path, tmp_path)
+    assert not hasattr(Squeeze, "version_13"), "the added handler is onnx-tf's only while a conversion runs"
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (2, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 1, 3, 1)).astype(np.float32)
+        (expected,) = session.run(["output"], {"input": x})
+        got = np.asarray(converted.call(tf.constant(x)))
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
 
 
 def _unsqueezed_shape(shape: list, axes: list[int]) -> list:
@@ -291,6 +359,25 @@ def test_unsqueeze_13_with_axes_computed_at_run_time_is_refused_before_convertin
     onnx.save(_unsqueezed([0], "run time"), str(path))
     if lane.converter == "onnx-tf":
         with pytest.raises(ConversionError, match=r"no conversion for op Unsqueeze v13 with axes computed at run time"):
+            check_supported(path, lane.name, load_backend(lane.converter))
+    else:
+        check_supported(path, lane.name, load_backend(lane.converter))
+
+
+def test_squeeze_13_with_axes_computed_at_run_time_is_refused_before_converting(lane, tmp_path):
+    model = _squeezed([1], "Constant")
+    # the axes become Shape(input)[1:2] = [1]: the same value, computed at run time
+    del model.graph.node[0]
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in [("one", 1), ("two", 2)]]
+    )
+    model.graph.node.insert(0, helper.make_node("Shape", ["input"], ["sizes"]))
+    model.graph.node.insert(1, helper.make_node("Slice", ["sizes", "one", "two"], ["axes"]))
+    onnx.checker.check_model(model, full_check=True)
+    path = tmp_path / "squeeze.onnx"
+    onnx.save(model, str(path))
+    if lane.converter == "onnx-tf":
+        with pytest.raises(ConversionError, match=r"no conversion for op Squeeze v13 with axes computed at run time"):
             check_supported(path, lane.name, load_backend(lane.converter))
     else:
         check_supported(path, lane.name, load_backend(lane.converter))

@@ -405,3 +405,53 @@ def test_resnet18_rounds_least_and_still_meets_1e5(exported):
     _, _, _, manifest = exported
     assert manifest["pytorch_float32_rounding"] < 1e-5
     assert max(manifest["onnxruntime_vs_pytorch_max_abs"].values()) <= 1e-5
+
+
+class _Attention(torch.nn.Module):
+    """A patch embedding, a class token and one nn.MultiheadAttention block (ViT's): its forward calls
+    scaled_dot_product_attention, which the TorchScript exporter writes only from opset 14 on."""
+
+    def __init__(self, causal: bool = False):
+        super().__init__()
+        self.patches = torch.nn.Conv2d(3, 16, kernel_size=56, stride=56)
+        self.token = torch.nn.Parameter(torch.randn(1, 1, 16))
+        self.attention = torch.nn.MultiheadAttention(16, num_heads=2, batch_first=True)
+        self.head = torch.nn.Linear(16, 10)
+        self.causal = causal
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        if self.causal:
+            q = k = v = tokens.unflatten(-1, (2, 8)).transpose(1, 2)
+            mixed = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.head(mixed.transpose(1, 2).flatten(2)[:, 0])
+        return self.head(self.attention(tokens, tokens, tokens, need_weights=False)[0][:, 0])
+
+
+def test_attention_exports_at_opset_13_with_the_exporters_opset_14_rule_and_only_for_that_export(tmp_path):
+    """ViT-B/16 on the onnx-tf lane (TorchScript, opset 13): the exporter's own opset-14 rule for
+    scaled_dot_product_attention uses only operators opset 13 has; registered for the export, removed after."""
+    model = _Attention().eval()
+    path = tmp_path / "attention.onnx"
+    export_onnx(model, path, "torchscript", 13)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {13}
+    assert {"MatMul", "Softmax"} <= {n.op_type for n in proto.graph.node}
+    session = onnxruntime_session(path)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 224, 224)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(run_onnxruntime(session, x.numpy(), batch), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(Exception, match="scaled_dot_product_attention"):  # the rule is gone after the export
+        torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), str(tmp_path / "again.onnx"), dynamo=False,
+                          opset_version=13)  # fmt: skip
+
+
+def test_causal_attention_at_opset_13_fails_naming_what_it_needs(tmp_path):
+    """A causal mask needs Trilu, which opset 13 lacks: the export fails naming the operator and the opset that has
+    it (the exporter's own rule failed on its way with a type error about a Where)."""
+    with pytest.raises(torch.onnx.errors.UnsupportedOperatorError, match=r"is_causal.*opset version 13.*version 14"):
+        export_onnx(_Attention(causal=True).eval(), tmp_path / "causal.onnx", "torchscript", 13)
