@@ -226,6 +226,23 @@ def test_squeeze_13_passes_the_pre_check_on_every_lane(lane, tmp_path):
     assert check_supported(path, lane.name, load_backend(lane.converter)).graph.node[0].op_type == "Squeeze"
 
 
+def _converts_as_onnx_runtime_computes_it(lane, tmp_path, model, handler, sizes: tuple, batches: tuple) -> None:
+    """`model` through the pre-check and the onnx-tf backend: the SavedModel gives ONNX Runtime's shape and values
+    for inputs [batch, *sizes], and the version_13 the backend added to `handler` is gone after the conversion."""
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    backend = load_backend(lane.converter)
+    converted = backend.convert(check_supported(path, lane.name, backend), path, tmp_path)
+    assert not hasattr(handler, "version_13"), "the added handler is onnx-tf's only while a conversion runs"
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in batches:
+        x = np.random.default_rng(batch).normal(size=(batch, *sizes)).astype(np.float32)
+        (expected,) = session.run(["output"], {"input": x})
+        got = np.asarray(converted.call(tf.constant(x)))
+        assert got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
 def _squeezed(axes: list[int] | None, axes_from: str) -> onnx.ModelProto:
     """`output` = Squeeze(input [batch, 1, 3, 1], axes) at opset 13, the axes `axes_from` an initializer, a Constant
     node (the TorchScript exporter's way: 36 in ViT-B/16's attention) or absent (every axis of size 1 goes)."""
@@ -273,19 +290,7 @@ def test_squeeze_13_converts_as_onnx_runtime_computes_it(lane, tmp_path, axes, a
         pytest.skip(f"lane {lane.name} converts with {lane.converter}, which has its own Squeeze 13")
     from onnx_tf.handlers.backend.squeeze import Squeeze
 
-    model = _squeezed(axes, axes_from)
-    path = tmp_path / "squeeze.onnx"
-    onnx.save(model, str(path))
-    backend = load_backend(lane.converter)
-    converted = backend.convert(check_supported(path, lane.name, backend), path, tmp_path)
-    assert not hasattr(Squeeze, "version_13"), "the added handler is onnx-tf's only while a conversion runs"
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for batch in (2, 3):
-        x = np.random.default_rng(batch).normal(size=(batch, 1, 3, 1)).astype(np.float32)
-        (expected,) = session.run(["output"], {"input": x})
-        got = np.asarray(converted.call(tf.constant(x)))
-        assert got.shape == expected.shape
-        np.testing.assert_array_equal(got, expected)
+    _converts_as_onnx_runtime_computes_it(lane, tmp_path, _squeezed(axes, axes_from), Squeeze, (1, 3, 1), (2, 3))
 
 
 def _unsqueezed_shape(shape: list, axes: list[int]) -> list:
@@ -340,18 +345,7 @@ def test_unsqueeze_13_with_constant_axes_converts_as_onnx_runtime_computes_it(la
         pytest.skip(f"lane {lane.name} converts with {lane.converter}, which has its own Unsqueeze 13")
     from onnx_tf.handlers.backend.unsqueeze import Unsqueeze
 
-    model = _unsqueezed(axes, axes_from)
-    path = tmp_path / "unsqueeze.onnx"
-    onnx.save(model, str(path))
-    backend = load_backend(lane.converter)
-    checked = check_supported(path, lane.name, backend)
-    converted = backend.convert(checked, path, tmp_path)
-    assert not hasattr(Unsqueeze, "version_13"), "the added handler is onnx-tf's only while a conversion runs"
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for batch in (1, 3):
-        x = np.random.default_rng(batch).normal(size=(batch, 2, 3)).astype(np.float32)
-        (expected,) = session.run(["output"], {"input": x})
-        np.testing.assert_array_equal(np.asarray(converted.call(tf.constant(x))), expected)
+    _converts_as_onnx_runtime_computes_it(lane, tmp_path, _unsqueezed(axes, axes_from), Unsqueeze, (2, 3), (1, 3))
 
 
 def test_unsqueeze_13_with_axes_computed_at_run_time_is_refused_before_converting(lane, tmp_path):
@@ -660,6 +654,15 @@ def test_a_transpose_that_meets_no_inverse_is_kept():
     np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
 
 
+def _editable(graph_def, output: str) -> tuple:
+    """A copy of `graph_def` and the optimize._Graph over it that keeps `output`, for one rewrite at a time."""
+    from pt2tf_convert.optimize import _Graph
+
+    rewritten = graph_pb2.GraphDef()
+    rewritten.CopyFrom(graph_def)
+    return rewritten, _Graph(rewritten, {output.split(":")[0]})
+
+
 def _nhwc_graph(build, shape=(2, 7, 7, 3)) -> tuple:
     graph = tf.Graph()
     with graph.as_default():
@@ -687,16 +690,14 @@ SYMMETRIC, CEIL_MODE, WHOLE_KERNEL = (
     ids=["lowest", "-inf", "ceil mode", "zero fill", "a kernel's worth"],
 )
 def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, paddings, folds):
-    from pt2tf_convert.optimize import _fold_max_pool_pads, _Graph
+    from pt2tf_convert.optimize import _fold_max_pool_pads
 
     def build(x):  # converters' padded max-pool: pad with the lowest float, pool unpadded
         padded = tf.raw_ops.PadV2(input=x, paddings=paddings, constant_values=fill)
         return tf.nn.max_pool2d(padded, 3, 2, "VALID")
 
     graph_def, x, y = _nhwc_graph(build)
-    rewritten = graph_pb2.GraphDef()
-    rewritten.CopyFrom(graph_def)
-    graph = _Graph(rewritten, {y.split(":")[0]})
+    rewritten, graph = _editable(graph_def, y)
     assert _fold_max_pool_pads(graph) == int(folds)
     graph.prune()
     ops = [n.op for n in rewritten.node]
@@ -707,7 +708,7 @@ def test_a_max_pools_lowest_float_padding_becomes_its_explicit_padding(fill, pad
 
 
 def test_a_depthwise_convolutions_bias_becomes_a_bias_add():
-    from pt2tf_convert.optimize import _bias_adds, _Graph
+    from pt2tf_convert.optimize import _bias_adds
 
     rng = np.random.default_rng(6)
 
@@ -718,9 +719,7 @@ def test_a_depthwise_convolutions_bias_becomes_a_bias_add():
         return depthwise + rng.normal(size=8).astype(np.float32)  # 4 channels × multiplier 2
 
     graph_def, x, y = _nhwc_graph(build)
-    rewritten = graph_pb2.GraphDef()
-    rewritten.CopyFrom(graph_def)
-    graph = _Graph(rewritten, {y.split(":")[0]})
+    rewritten, graph = _editable(graph_def, y)
     assert _bias_adds(graph) == 2
     graph.prune()
     nodes = {n.name: n for n in rewritten.node}
@@ -791,7 +790,7 @@ def test_a_mean_whose_axes_are_a_constant_splits_second_part_reduces_first():
 @pytest.mark.parametrize("sizes", [3, [1, 1, 1]], ids=["Split", "SplitV"])
 @pytest.mark.parametrize("ports", [(1,), (2, 0)], ids=["only output 1", "outputs 2 and 0"])
 def test_a_split_of_constants_becomes_a_constant_per_output_read(sizes, ports):
-    from pt2tf_convert.optimize import _fold_shape_arithmetic, _Graph, _split
+    from pt2tf_convert.optimize import _fold_shape_arithmetic, _split
 
     rows = np.arange(9, dtype=np.float32).reshape(3, 3)
 
@@ -801,9 +800,7 @@ def test_a_split_of_constants_becomes_a_constant_per_output_read(sizes, ports):
 
     graph_def, x, y = _nhwc_graph(build)
     assert {n.op for n in graph_def.node} >= {"Split" if sizes == 3 else "SplitV"}
-    rewritten = graph_pb2.GraphDef()
-    rewritten.CopyFrom(graph_def)
-    graph = _Graph(rewritten, {y.split(":")[0]})
+    rewritten, graph = _editable(graph_def, y)
     assert _fold_shape_arithmetic(graph) == 1
     graph.prune()
     assert not {"Split", "SplitV"} & {n.op for n in rewritten.node}, "the split is left to run"
@@ -816,7 +813,7 @@ def test_a_split_of_constants_becomes_a_constant_per_output_read(sizes, ports):
 
 
 def test_a_split_of_a_run_time_tensor_is_left_to_run_where_a_constant_one_folds():
-    from pt2tf_convert.optimize import _fold_shape_arithmetic, _Graph
+    from pt2tf_convert.optimize import _fold_shape_arithmetic
 
     def build(x):  # two SplitVs with constant sizes and axis: one of the input, one of constants
         channels = tf.split(x, [1, 2], axis=3, name="split_of_the_input")[1]
@@ -824,9 +821,7 @@ def test_a_split_of_a_run_time_tensor_is_left_to_run_where_a_constant_one_folds(
         return tf.reduce_sum(channels, axis=axes)
 
     graph_def, x, y = _nhwc_graph(build)
-    rewritten = graph_pb2.GraphDef()
-    rewritten.CopyFrom(graph_def)
-    graph = _Graph(rewritten, {y.split(":")[0]})
+    rewritten, graph = _editable(graph_def, y)
     assert _fold_shape_arithmetic(graph) == 2, "the Range and the constants' SplitV fold"
     graph.prune()
     splits = {n.name: n for n in rewritten.node if n.op == "SplitV"}
@@ -839,7 +834,7 @@ def test_a_split_of_a_run_time_tensor_is_left_to_run_where_a_constant_one_folds(
 def test_identities_are_bypassed_through_chains_and_output_ports_and_kept_ones_stay():
     """onnx-tf writes an Identity per tensor: readers of Identity(Identity(x)) read x, readers of Identity(split:1)
     read split:1, and an Identity that is an output, or that waits on something (a control input), stays."""
-    from pt2tf_convert.optimize import _bypass_identities, _Graph, _split
+    from pt2tf_convert.optimize import _bypass_identities, _split
 
     def build(x):
         chain = tf.identity(tf.identity(tf.identity(x, name="i1"), name="i2"), name="i3")
@@ -849,9 +844,7 @@ def test_identities_are_bypassed_through_chains_and_output_ports_and_kept_ones_s
         return tf.concat([chain * 2.0, second, waits], axis=3, name="joined")
 
     graph_def, x, y = _nhwc_graph(build)
-    rewritten = graph_pb2.GraphDef()
-    rewritten.CopyFrom(graph_def)
-    graph = _Graph(rewritten, {y.split(":")[0]})
+    rewritten, graph = _editable(graph_def, y)
     assert _bypass_identities(graph) == 4, "i1, i2, i3 and of_port_1; not waits (control input), not y (kept)"
     graph.prune()
     left = {n.name for n in rewritten.node if n.op == "Identity"}
