@@ -65,7 +65,7 @@ def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=DeprecationWarning)
         if exporter == "torchscript":
-            with _attention_below_opset_14(opset):
+            with _attention_at_opset_13(opset):
                 torch.onnx.export(
                     model,
                     (example,),
@@ -95,13 +95,14 @@ def export_onnx(model: torch.nn.Module, path: Path, exporter: str, opset: int) -
 
 
 @contextlib.contextmanager
-def _attention_below_opset_14(opset: int):
-    """The TorchScript exporter writes scaled_dot_product_attention from opset 14 on, with Transpose, Mul, Sqrt,
-    MatMul and Softmax (and Shape, Slice, Cast, Div for the default scale): operators opset 13 has with the same
-    meaning. Below 14 that same rule is registered for the export's duration, and removed after (onnx-tf's lane
-    exports at 13; ViT's attention needed it). A causal mask needs Trilu, which opset 13 lacks: refused with the
-    exporter's own error, naming the operator and opset 14."""
-    if opset >= 14:
+def _attention_at_opset_13(opset: int):
+    """The TorchScript exporter writes scaled_dot_product_attention from opset 14 on, with MatMul, Softmax,
+    Transpose, Mul and Sqrt (Shape, Slice, Cast and Div for the default scale; Add, Where and IsNaN with a mask):
+    operators opset 13 has with the same meaning (Slice with its bounds as inputs, Softmax over one axis). At
+    opset 13 (the onnx-tf lane's; ViT's attention needed it) that same rule is registered for the export's
+    duration, and removed after; at other opsets the exporter is left as it is. A causal mask needs Trilu, which
+    opset 13 lacks: refused with the exporter's own error, naming the operator and opset 14."""
+    if opset != 13:
         yield
         return
     from torch.onnx import errors, symbolic_helper, symbolic_opset14

@@ -14,8 +14,9 @@ runs the model, interleaved with ONNX Runtime in the same process over a few rou
 (pt2tf_serve.served_rate: the embedded server with docker/config's settings, 16 gRPC callers). A speed stage
 that fails is recorded with its error like the others. Writes <out>/results.json, <out>.md
 (reports/models.md) and <out>.html (the tables and a chart drawn by pt2tf_convert.matrix_chart in an env
-with matplotlib, --chart-python), each to a temporary file renamed into place; the cells of models a run
-and lanes a run does not take are kept from the previous results.json, so a few can be run again.
+with matplotlib, --chart-python), each to a temporary file renamed into place. Every cell whose model and
+lane a run does not take is kept from the previous results.json, so a few can be run again; a lane no longer
+run stays a column until results.json is removed.
 """
 
 from __future__ import annotations
@@ -551,9 +552,15 @@ def _previous(out: Path) -> list[dict]:
     return json.loads(path.read_text())["cells"] if path.is_file() else []
 
 
+def _position(names: list[str], name: str) -> int:
+    return names.index(name) if name in names else len(names)
+
+
 def write_reports(out: Path, results: list[dict], lanes: list[str], models: list[str], cpu: str, chart_python,
                   env: dict[str, str]) -> None:  # fmt: skip
-    """results.json, <out>.md and <out>.html, each written to a temporary file and renamed into place."""
+    """results.json, <out>.md and <out>.html, each written to a temporary file and renamed into place. The cells are
+    stored in the tables' order (model, then lane), which the chart takes its lanes' order and colours from."""
+    results = sorted(results, key=lambda c: (_position(models, c["model"]), _position(lanes, c["lane"])))
     replace_file(out / "results.json", json.dumps({"cpu": cpu, "cells": results}, indent=2) + "\n")
     text = markdown(results, lanes, models, cpu)
     replace_file(out.with_suffix(".md"), text)

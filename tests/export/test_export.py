@@ -445,7 +445,12 @@ def test_attention_exports_at_opset_13_with_the_exporters_opset_14_rule_and_only
         with torch.no_grad():
             expected = model(x).numpy()
         np.testing.assert_allclose(run_onnxruntime(session, x.numpy(), batch), expected, rtol=1e-5, atol=1e-5)
-    with pytest.raises(Exception, match="scaled_dot_product_attention"):  # the rule is gone after the export
+    _assert_attention_unregistered(model, tmp_path)
+
+
+def _assert_attention_unregistered(model, tmp_path):
+    """The exporter alone, after export_onnx: the opset-13 rule is gone, and attention at 13 fails as it did."""
+    with pytest.raises(torch.onnx.errors.UnsupportedOperatorError, match="scaled_dot_product_attention"):
         torch.onnx.export(model, (torch.randn(2, 3, 224, 224),), str(tmp_path / "again.onnx"), dynamo=False,
                           opset_version=13)  # fmt: skip
 
@@ -455,3 +460,4 @@ def test_causal_attention_at_opset_13_fails_naming_what_it_needs(tmp_path):
     it (the exporter's own rule failed on its way with a type error about a Where)."""
     with pytest.raises(torch.onnx.errors.UnsupportedOperatorError, match=r"is_causal.*opset version 13.*version 14"):
         export_onnx(_Attention(causal=True).eval(), tmp_path / "causal.onnx", "torchscript", 13)
+    _assert_attention_unregistered(_Attention().eval(), tmp_path)  # removed after a failed export too

@@ -316,6 +316,8 @@ def test_one_lane_run_again_for_one_model_keeps_that_models_other_lanes(tmp_path
         k: v for k, v in before.items() if k != ("mobilenet_v3_small", "onnx2tf")
     }
     header = next(line for line in (tmp_path / "models.md").read_text().splitlines() if line.startswith("| model |"))
+    stored = [(c["model"], c["lane"]) for c in json.loads((out / "results.json").read_text())["cells"]]
+    assert stored == [(c["model"], c["lane"]) for c in recorded], "stored in the tables' order, which the chart takes"
     assert (
         header == "| model | " + " | ".join(f"`{lane}`" for lane in dict.fromkeys(c["lane"] for c in recorded)) + " |"
     )

@@ -7,7 +7,7 @@ is loaded back so the wrapper can save it once behind the project's signatures.
 onnx-tf 1.10 converts a node with its handler's `version_<n>` method, n the op's version at the
 model's opset, and has none for Unsqueeze 13 and Squeeze 13 (opset 13 moved `axes` from an
 attribute to an input: the TorchScript exporter writes Unsqueeze 489 times in Swin-T, Squeeze 36
-times in ViT-B/16's attention). This backend adds those methods to onnx-tf's handlers for the
+times in ViT-B/16's attention, two per layer). This backend adds those methods to onnx-tf's handlers for the
 length of a conversion (_axes_as_input_added); the pre-check counts them as handled where they can
 run: with axes the file holds as a constant (or, for Squeeze, no axes at all).
 """
@@ -74,7 +74,8 @@ def _unsqueeze_13(cls, node, **kwargs) -> list[tf.Tensor]:
 
 def _squeeze_13(cls, node, **kwargs) -> list[tf.Tensor]:
     """Squeeze from opset 13: the axes are the node's optional second input; without it, every axis of size 1
-    goes (as in ONNX). Negative axes count from the end of the input in both ONNX and TensorFlow."""
+    goes (as in ONNX), and so it does for an empty axes tensor, as ONNX Runtime, which parity is measured
+    against, reads one. Negative axes count from the end of the input in both ONNX and TensorFlow."""
     tensor_dict = kwargs["tensor_dict"]
     x = tensor_dict[node.inputs[0]]
     if len(node.inputs) < 2 or not node.inputs[1]:
@@ -89,14 +90,13 @@ AXES_AS_INPUT = ((Unsqueeze, _unsqueeze_13), (Squeeze, _squeeze_13))
 @contextlib.contextmanager
 def _axes_as_input_added() -> Iterator[None]:
     """onnx-tf's Unsqueeze and Squeeze handlers with a version_13, for one conversion, taken out again after."""
-    added = [handler for handler, _ in AXES_AS_INPUT if not hasattr(handler, "version_13")]  # a newer onnx-tf's wins
-    for handler, method in AXES_AS_INPUT:
-        if handler in added:
-            handler.version_13 = classmethod(method)
+    added = [(handler, method) for handler, method in AXES_AS_INPUT if not hasattr(handler, "version_13")]
+    for handler, method in added:  # a newer onnx-tf's own version_13 wins
+        handler.version_13 = classmethod(method)
     try:
         yield
     finally:
-        for handler in added:
+        for handler, _ in added:
             del handler.version_13
 
 
@@ -126,7 +126,9 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
         handled = backend_opset_version.get(node.op_type, [])
         if node.op_type in ("Unsqueeze", "Squeeze") and version == 13:  # added, with constant axes only
             axes = node.input[1] if len(node.input) > 1 else ""
-            if (axes or node.op_type == "Unsqueeze") and axes not in constants:
+            if not axes and node.op_type == "Unsqueeze":
+                missing.add("Unsqueeze v13 without axes")
+            elif axes and axes not in constants:
                 missing.add(f"{node.op_type} v13 with axes computed at run time")
             continue
         if version not in handled:
