@@ -6,10 +6,10 @@ is loaded back so the wrapper can save it once behind the project's signatures.
 
 onnx-tf 1.10 converts a node with its handler's `version_<n>` method, n the op's version at the
 model's opset, and has none for Unsqueeze 13 and Squeeze 13 (opset 13 moved `axes` from an
-attribute to an input: the TorchScript exporter writes Unsqueeze 489 times in Swin-T, Squeeze 36
-times in ViT-B/16's attention, two per layer). This backend adds those methods to onnx-tf's handlers for the
-length of a conversion (_axes_as_input_added); the pre-check counts them as handled where they can
-run: with axes the file holds as a constant (or, for Squeeze, no axes at all).
+attribute to an input: the TorchScript exporter writes Unsqueeze 489 times in Swin-T, Squeeze 24
+times in ViT-B/16's attention, two per layer). This backend adds those methods to onnx-tf's handlers
+for the length of a conversion (_axes_as_input_added); the pre-check counts them as handled where
+they can run: with axes the file holds as a constant (or, for Squeeze, no axes at all).
 """
 
 from __future__ import annotations
