@@ -9,6 +9,9 @@ RunOptions FULL_TRACE; ONNX Runtime with its profiler, on the same ONNX file. Ea
 put in a category (conv, pad, transpose, bias/activation, pooling, matmul, other); "framework
 overhead" is a call's untraced median wall time minus the time some kernel was running (the union
 of kernel intervals), i.e. the gaps between ops plus the call's entry and exit.
+Each convolution is also timed on its own and named by its layer (kernel, input channels per group →
+output channels, output size), which is the same in both runtimes whatever their layouts and node
+names, so profile_table can put them side by side one by one.
 profile_table puts the two side by side (reports/profile/profile.md).
 """
 
@@ -73,6 +76,22 @@ def wall_ms(call, iterations: int) -> float:
     return float(np.median(times) * 1e3)
 
 
+def conv_layer(kernel: tuple[int, int], in_per_group: int, out_channels: int, out_size: tuple[int, int]) -> str:
+    """A convolution's layer as both runtimes can name it: '3×3, 64→128, 28×28' (channels in per group)."""
+    return f"{kernel[0]}×{kernel[1]}, {in_per_group}→{out_channels}, {out_size[0]}×{out_size[1]}"
+
+
+def convolutions(runs: list[list[tuple[str, float, float]]], layers: dict[str, str]) -> list[dict]:
+    """Each convolution (node name → layer in `layers`) with its median ms per call, in the first call's order."""
+    times: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for name, start, end in run:
+            if name in layers:
+                times[name].append((end - start) / 1e3)
+    order = sorted((start, name) for name, start, _ in runs[0] if name in layers)
+    return [{"name": name, "layer": layers[name], "ms": float(np.median(times[name]))} for _, name in order]
+
+
 def summarize(kernels: list[list[tuple[str, float, float]]], wall: float) -> dict:
     """Per-category ms per call (median over traced calls) and the overhead, from (op, start µs, end µs)."""
     per_call = []
@@ -114,15 +133,31 @@ def _onnxruntime(ref: dict, args: argparse.Namespace) -> dict:
             for _ in range(args.iterations + 1):
                 profiled.run(["output"], {"input": x})
             events = json.loads(Path(profiled.end_profiling()).read_text())
-            runs = _nodes_per_run(events)
-            results[str(batch)] = summarize(runs[1:], wall)  # the first run pays for allocation
+            runs, layers = _nodes_per_run(events)
+            runs = runs[1:]  # the first run pays for allocation
+            summary = summarize([[(op, s, e) for op, _, s, e in run] for run in runs], wall)
+            summary["convolutions"] = convolutions([[(n, s, e) for _, n, s, e in run] for run in runs], layers)
+            results[str(batch)] = summary
     return {"runtime": f"ONNX Runtime {onnxruntime.__version__}", "batches": results}
 
 
-def _nodes_per_run(events: list[dict]) -> list[list[tuple[str, float, float]]]:
-    """Kernel events grouped by the model_run interval they fall in."""
+def _ort_conv_layer(node_args: dict) -> str | None:
+    """The layer of an ONNX Runtime Conv kernel event, from its input and output shapes (NCHW, weight OIHW)."""
+    try:
+        (weight,) = node_args["input_type_shape"][1].values()
+        (output,) = node_args["output_type_shape"][0].values()
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    if len(weight) != 4 or len(output) != 4:
+        return None  # a 1-D or 3-D convolution: no 2-D layer to name
+    return conv_layer((weight[2], weight[3]), weight[1], output[1], (output[2], output[3]))
+
+
+def _nodes_per_run(events: list[dict]) -> tuple[list[list[tuple[str, str, float, float]]], dict[str, str]]:
+    """Kernel events (op, node, start, end) grouped by the model_run interval they fall in; node → conv layer."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
-    grouped: list[list[tuple[str, float, float]]] = [[] for _ in runs]
+    grouped: list[list[tuple[str, str, float, float]]] = [[] for _ in runs]
+    layers: dict[str, str] = {}
     starts = [s for s, _ in runs]
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
@@ -130,8 +165,11 @@ def _nodes_per_run(events: list[dict]) -> list[list[tuple[str, float, float]]]:
         index = int(np.searchsorted(starts, event["ts"], side="right")) - 1
         if index >= 0 and event["ts"] <= runs[index][1]:
             op = event["args"].get("op_name", "?")
-            grouped[index].append((op, float(event["ts"]), float(event["ts"] + event["dur"])))
-    return grouped
+            node = event["name"].removesuffix("_kernel_time")
+            grouped[index].append((op, node, float(event["ts"]), float(event["ts"] + event["dur"])))
+            if category(op) == "conv" and (layer := _ort_conv_layer(event["args"])):
+                layers[node] = layer
+    return grouped, layers
 
 
 def _op_type(label: str, node_name: str) -> str:
@@ -139,6 +177,27 @@ def _op_type(label: str, node_name: str) -> str:
     if "=" in label:
         return label.split("=", 1)[1].split("(", 1)[0].strip()
     return node_name
+
+
+def _tf_conv_layer(stats, graph: dict) -> str | None:
+    """The layer of a TensorFlow convolution kernel, from its output's shape and its filter constant.
+
+    Filters are [height, width, in per group, out] ([height, width, in, multiplier] for a depthwise one);
+    the output is NHWC unless the node says NCHW. None when the filter is not a constant in the graph as run.
+    """
+    node = graph.get(stats.node_name)
+    if node is None or len(node.input) < 2 or not stats.output:
+        return None
+    producer = graph.get(node.input[1].split(":")[0])
+    if producer is None or producer.op != "Const":
+        return None
+    filters = [d.size for d in producer.attr["value"].tensor.tensor_shape.dim]
+    output = [d.size for d in stats.output[0].tensor_description.shape.dim]
+    if len(filters) != 4 or len(output) != 4:
+        return None
+    _, channels, height, width = output if node.attr["data_format"].s == b"NCHW" else [output[i] for i in (0, 3, 1, 2)]
+    in_per_group = 1 if "Depthwise" in node.op else filters[2]
+    return conv_layer((filters[0], filters[1]), in_per_group, channels, (height, width))
 
 
 def _savedmodel(ref: dict, args: argparse.Namespace) -> dict:
@@ -158,21 +217,31 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> dict:
     for batch in args.batch_sizes:
         x = batch_of(ref["inputs"], batch)
         wall = wall_ms(lambda x=x: call(x), args.iterations)
-        runs = []
-        for _ in range(args.iterations):
-            options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+        runs, named, layers = [], [], {}
+        for index in range(args.iterations):
+            # The first traced call also returns the graph as it ran (after Grappler and oneDNN's rewrites), whose
+            # filter constants give each convolution's kernel.
+            options = tf.compat.v1.RunOptions(
+                trace_level=tf.compat.v1.RunOptions.FULL_TRACE, output_partition_graphs=index == 0
+            )
             metadata = tf.compat.v1.RunMetadata()
             servable.session.run(fetch, {feed: x}, options=options, run_metadata=metadata)
-            run = []
+            graph = {node.name: node for partition in metadata.partition_graphs for node in partition.node}
+            run, run_named = [], []
             for device in metadata.step_stats.dev_stats:
                 for node in device.node_stats:
                     op = _op_type(node.timeline_label, node.node_name)
                     if op in skip:
                         continue
                     start = node.all_start_micros + node.op_start_rel_micros
-                    run.append((op, float(start), float(node.all_start_micros + node.op_end_rel_micros)))
+                    end = float(node.all_start_micros + node.op_end_rel_micros)
+                    run.append((op, float(start), end))
+                    run_named.append((node.node_name, float(start), end))
+                    if index == 0 and category(op) == "conv" and (layer := _tf_conv_layer(node, graph)):
+                        layers[node.node_name] = layer
             runs.append(run)
-        results[str(batch)] = summarize(runs, wall)
+            named.append(run_named)
+        results[str(batch)] = summarize(runs, wall) | {"convolutions": convolutions(named, layers)}
     servable.close()
     label = f"{args.label} (TF {tf.__version__}), version {number}"
     return {"runtime": label, "batches": results}

@@ -508,6 +508,50 @@ def test_the_bench_says_which_onednn_kernels_each_tensorflow_process_ran(publish
     assert bench_table.SESSION_PATH == bench.SESSION  # bench_table imports nothing of the project: kept equal here
 
 
+# ResNet18's convolutions in network order, as both runtimes must name them: the stem, then per stage its 3×3
+# convolutions and (from the second stage) the stride-2 one and the 1×1 downsampling shortcut.
+RESNET18_CONVOLUTIONS = [
+    "7×7, 3→64, 112×112",
+    *["3×3, 64→64, 56×56"] * 4,
+    *(
+        layer
+        for c, size in ((128, 28), (256, 14), (512, 7))
+        for layer in (
+            f"3×3, {c // 2}→{c}, {size}×{size}",
+            f"1×1, {c // 2}→{c}, {size}×{size}",
+            *[f"3×3, {c}→{c}, {size}×{size}"] * 3,
+        )
+    ),
+]
+
+
+def test_the_profile_times_every_convolution_of_both_runtimes_and_matches_them_one_by_one(
+    published, artifacts, tmp_path
+):
+    from pt2tf_convert import profile, profile_table
+
+    models, _ = published
+    out = tmp_path / "profile"
+    common = ["--artifacts", str(artifacts), "--batch-sizes", "1", "--iterations", "2"]
+    assert profile.main(["--runtime", "onnxruntime", *common, "--out", str(out / "onnxruntime.json")]) == 0
+    platform = Path(__file__).resolve().parents[2] / "docker" / "config" / "platform.config"
+    saved = ["--runtime", "savedmodel", "--models", str(models), "--platform-config", str(platform), "--label", "x"]
+    assert profile.main([*saved, *common, "--out", str(out / "savedmodel-1.json")]) == 0
+    records = [json.loads((out / name).read_text()) for name in ("onnxruntime.json", "savedmodel-1.json")]
+    for record in records:
+        convolutions = record["batches"]["1"]["convolutions"]
+        # Both runtimes run the downsampling shortcut and its stage's stride-2 convolution side by side, in
+        # either order; every other convolution waits for the one before.
+        assert sorted(c["layer"] for c in convolutions) == sorted(RESNET18_CONVOLUTIONS), record["runtime"]
+        assert convolutions[0]["layer"] == RESNET18_CONVOLUTIONS[0] and all(c["ms"] > 0 for c in convolutions)
+    assert profile_table.main([str(out)]) == 0
+    text = (out / "profile.md").read_text()
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \| \d+×\d+, ", line)]
+    assert [row.split(" | ")[1] for row in rows] == [c["layer"] for c in records[0]["batches"]["1"]["convolutions"]]
+    assert all(re.search(r"\| \d+\.\d{3} \(\d+\.\d\d×\) \|$", row) for row in rows), rows  # all 20 matched
+    assert "no counterpart" not in text
+
+
 def test_a_onednn_lever_cannot_run_once_tensorflow_is_loaded(artifacts, tmp_path):
     from pt2tf_convert import bench
 
