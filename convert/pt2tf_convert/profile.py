@@ -33,6 +33,8 @@ from .bench import batch_of, session_config
 from .runtimes import onnxruntime_session
 
 BATCH_SIZES = (1, 32)
+# A kernel as it ran in one traced call: (op type, node name, start µs, end µs).
+Kernel = tuple[str, str, float, float]
 # (category, substrings of an op name that put it there), first match wins; names of both runtimes.
 CATEGORIES = (
     ("conv", ("Conv",)),
@@ -81,27 +83,27 @@ def conv_layer(kernel: tuple[int, int], in_per_group: int, out_channels: int, ou
     return f"{kernel[0]}×{kernel[1]}, {in_per_group}→{out_channels}, {out_size[0]}×{out_size[1]}"
 
 
-def convolutions(runs: list[list[tuple[str, float, float]]], layers: dict[str, str]) -> list[dict]:
+def convolutions(runs: list[list[Kernel]], layers: dict[str, str]) -> list[dict]:
     """Each convolution (node name → layer in `layers`) with its median ms per call, in the first call's order."""
     times: dict[str, list[float]] = defaultdict(list)
     for run in runs:
-        for name, start, end in run:
+        for _, name, start, end in run:
             if name in layers:
                 times[name].append((end - start) / 1e3)
-    order = sorted((start, name) for name, start, _ in runs[0] if name in layers)
+    order = sorted((start, name) for _, name, start, _ in runs[0] if name in layers)
     return [{"name": name, "layer": layers[name], "ms": float(np.median(times[name]))} for _, name in order]
 
 
-def summarize(kernels: list[list[tuple[str, float, float]]], wall: float) -> dict:
-    """Per-category ms per call (median over traced calls) and the overhead, from (op, start µs, end µs)."""
+def summarize(kernels: list[list[Kernel]], wall: float) -> dict:
+    """Per-category ms per call (median over traced calls) and the overhead, from each call's kernels."""
     per_call = []
     for run in kernels:
         by_category: dict[str, float] = defaultdict(float)
         by_op: dict[str, float] = defaultdict(float)
-        for op, start, end in run:
+        for op, _, start, end in run:
             by_category[category(op)] += (end - start) / 1e3
             by_op[op] += (end - start) / 1e3
-        per_call.append((by_category, by_op, busy_ms([(s, e) for _, s, e in run])))
+        per_call.append((by_category, by_op, busy_ms([(s, e) for _, _, s, e in run])))
     categories = sorted({c for by_category, _, _ in per_call for c in by_category})
     ops = sorted({o for _, by_op, _ in per_call for o in by_op})
     busy = float(np.median([b for _, _, b in per_call]))
@@ -111,7 +113,7 @@ def summarize(kernels: list[list[tuple[str, float, float]]], wall: float) -> dic
         "framework_overhead_ms": max(wall - busy, 0.0),
         "categories_ms": {c: float(np.median([bc.get(c, 0.0) for bc, _, _ in per_call])) for c in categories},
         "ops_ms": {o: float(np.median([bo.get(o, 0.0) for _, bo, _ in per_call])) for o in ops},
-        "ops_count": {o: sum(1 for op, _, _ in kernels[0] if op == o) for o in ops},
+        "ops_count": {o: sum(1 for op, *_ in kernels[0] if op == o) for o in ops},
     }
 
 
@@ -135,9 +137,7 @@ def _onnxruntime(ref: dict, args: argparse.Namespace) -> dict:
             events = json.loads(Path(profiled.end_profiling()).read_text())
             runs, layers = _nodes_per_run(events)
             runs = runs[1:]  # the first run pays for allocation
-            summary = summarize([[(op, s, e) for op, _, s, e in run] for run in runs], wall)
-            summary["convolutions"] = convolutions([[(n, s, e) for _, n, s, e in run] for run in runs], layers)
-            results[str(batch)] = summary
+            results[str(batch)] = summarize(runs, wall) | {"convolutions": convolutions(runs, layers)}
     return {"runtime": f"ONNX Runtime {onnxruntime.__version__}", "batches": results}
 
 
@@ -153,10 +153,10 @@ def _ort_conv_layer(node_args: dict) -> str | None:
     return conv_layer((weight[2], weight[3]), weight[1], output[1], (output[2], output[3]))
 
 
-def _nodes_per_run(events: list[dict]) -> tuple[list[list[tuple[str, str, float, float]]], dict[str, str]]:
-    """Kernel events (op, node, start, end) grouped by the model_run interval they fall in; node → conv layer."""
+def _nodes_per_run(events: list[dict]) -> tuple[list[list[Kernel]], dict[str, str]]:
+    """Kernel events grouped by the model_run interval they fall in; and node → layer of each convolution."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
-    grouped: list[list[tuple[str, str, float, float]]] = [[] for _ in runs]
+    grouped: list[list[Kernel]] = [[] for _ in runs]
     layers: dict[str, str] = {}
     starts = [s for s, _ in runs]
     for event in events:
@@ -217,7 +217,7 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> dict:
     for batch in args.batch_sizes:
         x = batch_of(ref["inputs"], batch)
         wall = wall_ms(lambda x=x: call(x), args.iterations)
-        runs, named, layers = [], [], {}
+        runs, layers = [], {}
         for index in range(args.iterations):
             # The first traced call also returns the graph as it ran (after Grappler and oneDNN's rewrites), whose
             # filter constants give each convolution's kernel.
@@ -227,21 +227,20 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> dict:
             metadata = tf.compat.v1.RunMetadata()
             servable.session.run(fetch, {feed: x}, options=options, run_metadata=metadata)
             graph = {node.name: node for partition in metadata.partition_graphs for node in partition.node}
-            run, run_named = [], []
+            run = []
             for device in metadata.step_stats.dev_stats:
                 for node in device.node_stats:
                     op = _op_type(node.timeline_label, node.node_name)
                     if op in skip:
                         continue
-                    start = node.all_start_micros + node.op_start_rel_micros
-                    end = float(node.all_start_micros + node.op_end_rel_micros)
-                    run.append((op, float(start), end))
-                    run_named.append((node.node_name, float(start), end))
+                    start, end = node.op_start_rel_micros, node.op_end_rel_micros
+                    run.append(
+                        (op, node.node_name, float(node.all_start_micros + start), float(node.all_start_micros + end))
+                    )
                     if index == 0 and category(op) == "conv" and (layer := _tf_conv_layer(node, graph)):
                         layers[node.node_name] = layer
             runs.append(run)
-            named.append(run_named)
-        results[str(batch)] = summarize(runs, wall) | {"convolutions": convolutions(named, layers)}
+        results[str(batch)] = summarize(runs, wall) | {"convolutions": convolutions(runs, layers)}
     servable.close()
     label = f"{args.label} (TF {tf.__version__}), version {number}"
     return {"runtime": label, "batches": results}
