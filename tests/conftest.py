@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,23 @@ def artifacts() -> Path:
     if not (path / "model.onnx").is_file():
         pytest.fail(f"PT2TF_TEST_ARTIFACTS={path} holds no export; nox runs the export for this suite first")
     return path
+
+
+@pytest.fixture
+def bf16_refusal_expected():
+    """A function giving the refusal a bf16 config, flag or variant must meet here, as a regex, or None where bf16
+    must run. Called when the test has set up its CPU and environment: the CPU as the server reads it (PT2TF_CPUINFO
+    or /proc/cpuinfo) comes first, naming the CPU; then TF_ENABLE_ONEDNN_OPTS=0 (or false), naming the variable,
+    which a user may have set to quiet TensorFlow's oneDNN notice."""
+
+    def expected() -> str | None:
+        from pt2tf_serve.cpu import cpu_info
+
+        info = cpu_info()
+        if not info.bf16:
+            return rf"avx512_bf16 or amx_bf16 .*\({re.escape(info.model)}\) has neither"
+        if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+            return "TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off"
+        return None
+
+    return expected

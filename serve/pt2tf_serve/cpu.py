@@ -94,17 +94,21 @@ def cpu_info(cpuinfo: Path | None = None) -> CpuInfo:
 
 
 def bf16_refusal(info: CpuInfo | None = None) -> str | None:
-    """Why bf16 must not run here, or None when the CPU supports it and oneDNN is on."""
+    """Why bf16 must not run here, or None when the CPU supports it and oneDNN is on.
+
+    The CPU comes first: on a CPU without bf16, unsetting TF_ENABLE_ONEDNN_OPTS would not help.
+    """
+    info = info or cpu_info()
+    if not info.bf16:
+        return (
+            f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in {cpuinfo_path()}; this one ({info.model}) has "
+            "neither, so oneDNN has no native bf16 kernels here (emulated at best, slower than fp32): "
+            "serve the fp32 model"
+        )
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
         # Grappler's bf16 rewrite is a oneDNN one: without oneDNN it is skipped and fp32 runs silently.
         return "bf16 auto mixed precision is a oneDNN rewrite, and TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off: unset it"
-    info = info or cpu_info()
-    if info.bf16:
-        return None
-    return (
-        f"bf16 needs a CPU with {' or '.join(BF16_FLAGS)} in {cpuinfo_path()}; this one ({info.model}) has neither, "
-        "so oneDNN has no native bf16 kernels here (emulated at best, slower than fp32): serve the fp32 model"
-    )
+    return None
 
 
 @dataclass(frozen=True)

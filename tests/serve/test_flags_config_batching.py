@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import re
 import threading
 import time
 from pathlib import Path
@@ -1088,11 +1087,12 @@ CPU_KINDS = {
 }
 
 
-def _expect_platform_config(name: str) -> None:
-    """What the repository's platform config must give on the CPU cpu_info() reads: bf16 only where it is native."""
+def _expect_platform_config(name: str, refusal: str | None) -> None:
+    """What the repository's platform config must give on the CPU cpu_info() reads: bf16 only where it is native
+    (and oneDNN on); `refusal` is the bf16 refusal expected here (the bf16_refusal_expected fixture's)."""
     path = DOCKER_CONFIG / name
-    if name == "platform-bf16.config" and not cpu_info().bf16:
-        with pytest.raises(ConfigError, match=rf"avx512_bf16 or amx_bf16 .*\({re.escape(cpu_info().model)}\)"):
+    if name == "platform-bf16.config" and refusal:
+        with pytest.raises(ConfigError, match=refusal):
             load_platform_config(path, num_cores=2)
         return
     settings = load_platform_config(path, num_cores=2)
@@ -1103,19 +1103,19 @@ def _expect_platform_config(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["platform.config", "platform-bf16.config"])
-def test_the_repositorys_platform_configs_parse_and_match_server_flags(name):
-    # This machine's CPU decides the bf16 branch, read as the server reads it.
-    _expect_platform_config(name)
+def test_the_repositorys_platform_configs_parse_and_match_server_flags(name, bf16_refusal_expected):
+    # This machine's CPU decides the bf16 branch, read as the server reads it (and this environment's oneDNN switch).
+    _expect_platform_config(name, bf16_refusal_expected())
 
 
 @pytest.mark.parametrize("kind", sorted(CPU_KINDS))
 @pytest.mark.parametrize("name", ["platform.config", "platform-bf16.config"])
-def test_the_platform_configs_on_every_recorded_cpu_kind(name, kind, monkeypatch):
+def test_the_platform_configs_on_every_recorded_cpu_kind(name, kind, monkeypatch, bf16_refusal_expected):
     # The same check with each recorded CPU kind in place of this machine's: both branches run on any machine.
     monkeypatch.setenv(CPUINFO_ENV, str(RECORDED_CPUS / kind))
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     assert (cpu_info().bf16, cpu_info().kind) == CPU_KINDS[kind]
-    _expect_platform_config(name)
+    _expect_platform_config(name, bf16_refusal_expected())
 
 
 def test_the_platform_config_reaches_every_versions_session(tmp_path):
@@ -1155,15 +1155,15 @@ def test_without_a_platform_config_the_flags_and_session_config_file_make_the_se
     assert config.allow_soft_placement
 
 
-def test_mixed_precision_bfloat16_is_the_onednn_rewrite_option_and_other_modes_are_refused():
+def test_mixed_precision_bfloat16_is_the_onednn_rewrite_option_and_other_modes_are_refused(bf16_refusal_expected):
     from pt2tf_serve.server import session_settings
 
     bf16_flags = parse_flags([*BASE, "--mixed_precision=bfloat16"])
-    if cpu_info().bf16:
-        assert session_settings(bf16_flags).bf16
-    else:  # the same flag on a CPU without bf16 is refused, naming the CPU
-        with pytest.raises(ConfigError, match=re.escape(f"({cpu_info().model}) has neither")):
+    if refusal := bf16_refusal_expected():  # on a CPU without bf16 (or with oneDNN off) the flag is refused, saying why
+        with pytest.raises(ConfigError, match=refusal):
             session_settings(bf16_flags)
+    else:
+        assert session_settings(bf16_flags).bf16
     with pytest.raises(ConfigError, match="mixed_precision 'fp16' is not supported"):
         session_settings(parse_flags([*BASE, "--mixed_precision=fp16"]))
 
@@ -1182,11 +1182,17 @@ def test_bf16_is_refused_with_a_clear_message_on_a_cpu_without_bf16(tmp_path):
 
 
 def test_bf16_is_refused_when_onednn_is_off(tmp_path, monkeypatch):
-    # Without oneDNN, Grappler skips the bf16 rewrite and the server would run fp32 while claiming bf16.
+    # Without oneDNN, Grappler skips the bf16 rewrite and the server would run fp32 while claiming bf16. On a CPU
+    # with bf16 (recorded, so that this runs on any machine) the variable is what is named.
+    monkeypatch.setenv(CPUINFO_ENV, str(RECORDED_CPUS / "intel-xeon-spr-amx.txt"))
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     with pytest.raises(ConfigError, match="TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off"):
         load_platform_config(DOCKER_CONFIG / "platform-bf16.config", num_cores=2)
     load_platform_config(DOCKER_CONFIG / "platform.config", num_cores=2)  # fp32 needs no oneDNN
+    # On a CPU without bf16 the CPU is named first: unsetting the variable would not make bf16 run there.
+    monkeypatch.setenv(CPUINFO_ENV, str(RECORDED_CPUS / "amd-epyc-avx2.txt"))
+    with pytest.raises(ConfigError, match=r"avx512_bf16 or amx_bf16 .*\(AMD EPYC\) has neither"):
+        load_platform_config(DOCKER_CONFIG / "platform-bf16.config", num_cores=2)
 
 
 def test_platform_config_map_is_tf_servings_message():

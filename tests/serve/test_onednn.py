@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pt2tf_serve.client import GrpcClient
-from pt2tf_serve.cpu import CONTRACTION_ENV, ONEDNN_ENV, cpu_info, onednn_report, onednn_state
+from pt2tf_serve.cpu import CONTRACTION_ENV, CPUINFO_ENV, ONEDNN_ENV, cpu_info, onednn_report, onednn_state
 from pt2tf_serve.process import DOCKER_CONFIG, ServerProcess, config_copy, embedded_flags, read_env_file, server_env
 
 RECORDED_CPUS = Path(__file__).resolve().parents[1] / "data" / "cpuinfo"
@@ -136,8 +136,16 @@ def test_the_repositorys_server_env_keeps_tensorflows_default():
 def test_the_server_logs_the_onednn_state_it_runs_with(served):
     if served.server is None:
         pytest.skip("an external server logs TensorFlow's own oneDNN notice")
-    state = onednn_state(cpu_info(PROC_CPUINFO), environ=served.server.env)
-    assert f"[pt2tf-serve] {cpu_info(PROC_CPUINFO).describe()}: {state.describe()}\n" in served.server.log()
+    # The CPU the server describes is PT2TF_CPUINFO's when its environment names one (a rehearsal of another kind);
+    # TensorFlow runs on this machine's, and the line says so where the two would run oneDNN differently.
+    recorded = served.server.env.get(CPUINFO_ENV)
+    described = cpu_info(Path(recorded) if recorded else PROC_CPUINFO)
+    state = onednn_state(described, environ=served.server.env)
+    running = onednn_state(cpu_info(PROC_CPUINFO), environ=served.server.env).enabled
+    (line,) = [line for line in served.server.log().splitlines() if line.startswith(f"[pt2tf-serve] {described.model}")]
+    assert line.startswith(f"[pt2tf-serve] {described.describe()}: {state.describe()}"), line
+    but = f"but TensorFlow here runs oneDNN {'on' if running else 'off'}: {recorded} describes another CPU than"
+    assert line.endswith(f"{but} the one it runs on") == (running != state.enabled), line
 
 
 def test_server_env_chooses_the_kernels_of_the_embedded_server(repository, expected, tmp_path, monkeypatch):
