@@ -508,6 +508,20 @@ def _fold_max_pool_pads(graph: _Graph) -> int:
     return folded
 
 
+def _conv2d_input_channels(graph_def: graph_pb2.GraphDef) -> dict[str, int | None]:
+    """Each Conv2D's input channels as TensorFlow's shape inference knows them (None: not known)."""
+    imported = tf.Graph()
+    with imported.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    found = {}
+    for op in imported.get_operations():
+        if op.type == "Conv2D":
+            shape = op.inputs[0].shape
+            axis = 1 if op.get_attr("data_format") == b"NCHW" else -1
+            found[op.name] = shape[axis] if shape.rank == 4 else None
+    return found
+
+
 def _bias_adds(graph: _Graph) -> int:
     """Add(conv, per-channel constant) → BiasAdd; returns how many.
 
@@ -518,8 +532,14 @@ def _bias_adds(graph: _Graph) -> int:
     to apply it ("Mutation::Apply error: fanout ... exist for missing node"), which throws away every
     fusion of that remapper pass (MobileNetV3-Small on onnx2tf: no Relu, hard-swish or residual Add went
     into any of its 52 convolutions).
+
+    A grouped Conv2D (its filter has fewer input channels than its input) keeps its Add: with oneDNN off
+    (TensorFlow's default on the AVX2 kind) the remapper fuses a Conv2D and its BiasAdd into Eigen's
+    _FusedConv2D, which then fails every call ("Fused conv implementation does not support grouped
+    convolutions for now"); with oneDNN on, its grouped convolution runs either way.
     """
     rewritten = 0
+    conv_inputs: dict[str, int | None] | None = None  # each Conv2D's input channels, once a Conv2D's bias is met
     for node in graph.graph_def.node:
         if node.op not in ("Add", "AddV2") or len(node.input) != 2:
             continue
@@ -531,6 +551,10 @@ def _bias_adds(graph: _Graph) -> int:
             if producer.op != "MatMul" and producer.attr["data_format"].s not in (b"", b"NHWC"):
                 continue
             weights = graph.const_value(producer.input[1])
+            if producer.op == "Conv2D":
+                conv_inputs = _conv2d_input_channels(graph.graph_def) if conv_inputs is None else conv_inputs
+                if weights is None or conv_inputs.get(producer.name) != weights.shape[2]:
+                    continue  # grouped, or not known not to be (see above)
             transposed = producer.op == "MatMul" and producer.attr["transpose_b"].b
             if weights is None:
                 channels = None

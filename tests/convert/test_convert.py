@@ -775,6 +775,64 @@ def test_a_depthwise_convolutions_bias_becomes_a_bias_add():
     np.testing.assert_array_equal(_run(rewritten, x, y, value), _run(graph_def, x, y, value))
 
 
+GROUPED_WITH_EIGEN = """
+import sys
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import graph_pb2
+from tensorflow.python.util import _pywrap_util_port
+
+assert not _pywrap_util_port.IsMklEnabled(), "TF_ENABLE_ONEDNN_OPTS=0 did not turn oneDNN off"
+value = np.load(sys.argv[1])
+for path in sys.argv[2:]:
+    graph_def = graph_pb2.GraphDef.FromString(open(path, "rb").read())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as session:  # Grappler's remapper on, as in a server's Session
+        try:
+            np.save(path + ".npy", session.run("y:0", {"x:0": value}))
+            print("ran")
+        except tf.errors.UnimplementedError as exc:
+            print("unimplemented:", " ".join(exc.message.split()))
+"""
+
+
+def test_a_grouped_convolutions_bias_stays_an_add_so_that_eigens_kernels_can_run_it(tmp_path):
+    import subprocess
+    import sys
+
+    from pt2tf_convert.optimize import _bias_adds
+
+    filters = np.random.default_rng(7).normal(size=(3, 4)).astype(np.float32)
+
+    def build(x, bias=lambda t, b: t + b):  # the user model's grouped 1×1 (2 groups of 2 channels), then a plain one
+        grouped = bias(tf.nn.conv2d(x, filters[0].reshape(1, 1, 2, 2).repeat(2, axis=3), 1, "SAME"), filters[1])
+        return tf.nn.relu(bias(tf.nn.conv2d(grouped, np.diag(filters[2]).reshape(1, 1, 4, 4), 1, "SAME"), filters[1]))
+
+    graph_def, x, y = _nhwc_graph(build, shape=(2, 7, 7, 4))
+    rewritten, graph = _editable(graph_def, y)
+    assert _bias_adds(graph) == 1  # the plain convolution's only
+    graph.prune()
+    nodes = {n.name: n for n in rewritten.node}
+    (bias_add,) = [n for n in rewritten.node if n.op == "BiasAdd"]
+    assert tf.make_ndarray(nodes[nodes[bias_add.input[0]].input[1]].attr["value"].tensor).shape == (1, 1, 4, 4)
+    # With oneDNN off (TensorFlow's default on the AVX2 kind) the graph runs and gives the converter's answers; the
+    # same with a BiasAdd on the grouped convolution is fused into Eigen's convolution, which refuses groups.
+    both_bias_adds, _, _ = _nhwc_graph(lambda t: build(t, tf.nn.bias_add), shape=(2, 7, 7, 4))
+    value = np.random.default_rng(8).normal(size=(2, 7, 7, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", value)
+    for name, written in (("rewritten", rewritten), ("both", both_bias_adds)):
+        (tmp_path / name).write_bytes(written.SerializeToString())
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    argv = [sys.executable, "-c", GROUPED_WITH_EIGEN, str(tmp_path / "x.npy"), str(tmp_path / "rewritten")]
+    done = subprocess.run([*argv, str(tmp_path / "both")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran, refused = done.stdout.strip().splitlines()
+    assert ran == "ran" and "does not support grouped convolutions" in refused, done.stdout
+    np.testing.assert_allclose(np.load(tmp_path / "rewritten.npy"), _run(graph_def, x, y, value), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "perm, axes, keep_dims, transposes_left",
     [
