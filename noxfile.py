@@ -122,20 +122,28 @@ def tests(session: nox.Session, suite: str) -> None:
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
 
 
-_FRESH_EXPORTS: dict[tuple[str, str], Path] = {}
+_FRESH_EXPORTS: dict[tuple[str, str, int, str], tuple[str, Path]] = {}
 
 
 def _fresh_export(session: nox.Session, lane: Lane, model: str = MODEL_NAME) -> Path:
     """The lane's export of `model` made afresh in this nox run, shared by its suites (they only read it): one
-    export per lane and run instead of one per suite saves minutes on the slowest CPU. Removed when nox exits."""
-    key = (lane.name, model)
+    export per lane and run instead of one per suite saves minutes on the slowest CPU. Lanes that export alike (the
+    same export env, exporter and opset: `onnx2tf` and `latest`) share one; its export.json names the lane that made
+    it, which nothing reads but the record. Removed when nox exits."""
+    key = (lane.env_for("export"), lane.exporter, lane.opset, model)
     if key in _FRESH_EXPORTS:
-        session.log(f"lane {lane.name}: this run's fresh export of {model} {_FRESH_EXPORTS[key]}")
-        return _FRESH_EXPORTS[key]
+        maker, artifacts = _FRESH_EXPORTS[key]
+        alike = (
+            ""
+            if maker == lane.name
+            else f" (lane {maker}'s: the same export env, {lane.exporter} exporter, opset {lane.opset})"
+        )
+        session.log(f"lane {lane.name}: this run's fresh export of {model}{alike} {artifacts}")
+        return artifacts
     root = Path(tempfile.mkdtemp(prefix=f"pt2tf-test-{lane.name}-{model}-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     _export(session, lane, out=root / "artifacts", model=model)
-    _FRESH_EXPORTS[key] = root / "artifacts"
+    _FRESH_EXPORTS[key] = (lane.name, root / "artifacts")
     return root / "artifacts"
 
 
