@@ -117,6 +117,8 @@ def tests(session: nox.Session, suite: str) -> None:
     artifacts = _fresh_export(session, lane)
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
     session.env["PT2TF_TEST_ARCHITECTURE_ARTIFACTS"] = str(_fresh_export(session, lane, TEST_ARCHITECTURE))
+    session.env["PT2TF_TEST_MODELS"] = str(_fresh_convert(session, lane))
+    session.env["PT2TF_TEST_ARCHITECTURE_MODELS"] = str(_fresh_convert(session, lane, TEST_ARCHITECTURE))
     # tests/serve/test_user_model.py exports a user's module itself, in the export env
     session.env["PT2TF_EXPORT_PYTHON"] = env_python(session, lane.env_for("export"))
     run_in(session, env, "-m", "pytest", f"tests/{kind}", *session.posargs)
@@ -147,21 +149,38 @@ def _fresh_export(session: nox.Session, lane: Lane, model: str = MODEL_NAME) -> 
     return root / "artifacts"
 
 
+_FRESH_CONVERSIONS: dict[tuple[str, str], Path] = {}
+
+
+def _fresh_convert(session: nox.Session, lane: Lane, model: str = MODEL_NAME, artifacts: Path | None = None) -> Path:
+    """A repository holding `artifacts` (default: the lane's fresh export of `model`) converted in this nox run
+    (version 1), shared by the lane's convert and serve suites and the load-test suite, which only read it (a test
+    that changes a version copies it first): one conversion per lane, export and run instead of one per suite.
+    Removed when nox exits."""
+    artifacts = artifacts or _fresh_export(session, lane, model)
+    key = (lane.name, str(artifacts))
+    if key in _FRESH_CONVERSIONS:
+        session.log(f"lane {lane.name}: this run's conversion of {artifacts} {_FRESH_CONVERSIONS[key]}")
+        return _FRESH_CONVERSIONS[key]
+    root = Path(tempfile.mkdtemp(prefix=f"pt2tf-test-{lane.name}-models-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    _convert(session, lane, artifacts, root)
+    _FRESH_CONVERSIONS[key] = root
+    return root
+
+
 def _loadtest_suite(session: nox.Session, env: str) -> None:
     """The load test's machinery end to end: the default lane exported and converted afresh, served embedded."""
     lane = MATRIX.lane(None)
-    with tempfile.TemporaryDirectory(prefix="pt2tf-test-loadtest-") as tmp:
-        artifacts, models = _fresh_export(session, lane), Path(tmp) / "models"
-        _convert(session, lane, artifacts, models)
-        session.env.update(
-            {
-                "PT2TF_LANE": lane.name,
-                "PT2TF_TEST_ARTIFACTS": str(artifacts),
-                "PT2TF_TEST_MODELS": str(models),
-                "PT2TF_SERVE_PYTHON": env_python(session, lane.env_for("serve")),
-            }
-        )
-        run_in(session, env, "-m", "pytest", "tests/loadtest", *session.posargs)
+    session.env.update(
+        {
+            "PT2TF_LANE": lane.name,
+            "PT2TF_TEST_ARTIFACTS": str(_fresh_export(session, lane)),
+            "PT2TF_TEST_MODELS": str(_fresh_convert(session, lane)),
+            "PT2TF_SERVE_PYTHON": env_python(session, lane.env_for("serve")),
+        }
+    )
+    run_in(session, env, "-m", "pytest", "tests/loadtest", *session.posargs)
 
 
 def _model_args(lane: str) -> list[str]:
@@ -241,6 +260,8 @@ def _conformance(session: nox.Session, lane: Lane) -> None:
     if not (artifacts / "model.onnx").is_file():
         session.error(f"lane {lane.name} has no export in {artifacts}: run nox -s export-{lane.name}")
     session.env.update({"PT2TF_LANE": lane.name, "PT2TF_TEST_ARTIFACTS": str(artifacts)})
+    if not os.environ.get("PT2TF_CONFORMANCE_MODELS"):  # the embedded server, on this export converted now
+        session.env["PT2TF_TEST_MODELS"] = str(_fresh_convert(session, lane, artifacts=artifacts))
     run_in(session, lane.env_for("serve"), "-m", "pytest", "tests/serve/test_conformance.py", *session.posargs)
 
 

@@ -1,4 +1,5 @@
-"""Lane suites (convert-<lane>, serve-<lane>) run in one lane's env; nox passes the lane and a fresh export of it."""
+"""Lane suites (convert-<lane>, serve-<lane>) run in one lane's env; nox passes the lane, a fresh export of it and
+that export converted (one conversion per lane and run, which the lane's suites share and only read)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,29 @@ def artifacts() -> Path:
     if not (path / "model.onnx").is_file():
         pytest.fail(f"PT2TF_TEST_ARTIFACTS={path} holds no export; nox runs the export for this suite first")
     return path
+
+
+def _converted(variable: str, model: str) -> Path:
+    """Version 1 of `model` in the repository `variable` names, which nox converted from this run's fresh export."""
+    repository = Path(os.environ.get(variable, ""))
+    version = repository / model / "1"
+    if not (version / "saved_model.pb").is_file():
+        pytest.fail(
+            f"{variable}={repository} holds no {model}/1; nox converts this lane's fresh export for this suite first"
+        )
+    return version
+
+
+@pytest.fixture(scope="session")
+def converted() -> Path:
+    """ResNet18's version 1, converted by nox from PT2TF_TEST_ARTIFACTS: read it; copy it to change it."""
+    return _converted("PT2TF_TEST_MODELS", "resnet18")
+
+
+@pytest.fixture(scope="session")
+def converted_architecture() -> Path:
+    """MobileNetV3-Small's version 1, converted by nox from PT2TF_TEST_ARCHITECTURE_ARTIFACTS: read it only."""
+    return _converted("PT2TF_TEST_ARCHITECTURE_MODELS", "mobilenet_v3_small")
 
 
 @pytest.fixture

@@ -27,15 +27,14 @@ from tensorflow.core.framework import graph_pb2
 
 
 @pytest.fixture(scope="module")
-def published(lane, artifacts, tmp_path_factory) -> tuple[Path, Path]:
-    models = tmp_path_factory.mktemp("models")
-    version_dir = convert(lane.name, lane.converter, artifacts, models, "resnet18")
-    return models, version_dir
+def published(converted) -> tuple[Path, Path]:
+    """nox's conversion of this lane's fresh export into an empty repository (the convert command as a user runs it)."""
+    return converted.parents[1], converted
 
 
 def test_conversion_publishes_version_1_with_the_contract(published):
     models, version_dir = published
-    assert version_dir == models / "resnet18" / "1"
+    assert sorted(p.relative_to(models).as_posix() for p in models.glob("*/*")) == ["resnet18/1"]  # no staging left
     loaded = tf.saved_model.load(str(version_dir))
     assert contract_problems(loaded) == []
     assert set(loaded.signatures) == set(CONTRACT)

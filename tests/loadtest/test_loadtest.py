@@ -162,7 +162,9 @@ def test_wrong_answers_count_as_failures(artifacts, models, serve_python, tmp_pa
     wrong_images = [dataclasses.replace(p, expected_class=(p.expected_class + 1) % 1000) for p in inputs.images]
     config = config_copy(tmp_path / "config")
     with ServerProcess(embedded_flags(config, models), python=str(serve_python)) as server:
-        TARGET.grpc, TARGET.inputs = server.grpc_target, dataclasses.replace(inputs, tensors=wrong, images=wrong_images)
+        # Every field the steps read, set here: run alone, no test before this one has set the served model.
+        TARGET.grpc, TARGET.model = server.grpc_target, MODEL
+        TARGET.inputs = dataclasses.replace(inputs, tensors=wrong, images=wrong_images)
         try:
             for scenario in ("grpc-tensor", "rest-image"):
                 step = runner.run_step(scenario, 2, 0.5, 2.0, server.rest_url, "on")

@@ -1,7 +1,7 @@
 """The serve suite: the lane's real converted model, served by real servers on loopback ports.
 
-A session fixture converts the lane's fresh export once into a model repository with two
-versions (2 is a copy of 1), as tests/serve/conformance/models.config expects, and computes the
+A session fixture copies nox's conversion of the lane's fresh export into a model repository with two
+versions (both copies of it), as tests/serve/conformance/models.config expects, and computes the
 in-process `tf.saved_model.load` answers every served answer is compared with. Each server runs
 in its own process on ports the OS hands out and is stopped in teardown, also on failure.
 
@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from pt2tf_convert.artifacts import load_reference, photo_bytes
-from pt2tf_convert.convert import convert
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
 
 CONFORMANCE_CONFIG = Path(__file__).parent / "conformance" / "models.config"
@@ -52,8 +51,9 @@ class Target:
 
 
 @pytest.fixture(scope="session")
-def repository(lane, artifacts, tmp_path_factory) -> Path:
-    """models/ with resnet18/1 (converted now) and resnet18/2 (a copy), as the conformance layout wants.
+def repository(request, tmp_path_factory) -> Path:
+    """models/ with resnet18/1 (nox's conversion of this lane's fresh export) and resnet18/2, copies of it, as the
+    conformance layout wants.
 
     PT2TF_CONFORMANCE_MODELS names the repository an external server serves instead, so the
     in-process answers come from the very files it loaded.
@@ -66,9 +66,10 @@ def repository(lane, artifacts, tmp_path_factory) -> Path:
                 f"PT2TF_CONFORMANCE_MODELS={served} lacks {MODEL}/{' and '.join(missing)} (see conformance/README.md)"
             )
         return Path(served)
+    converted = request.getfixturevalue("converted")  # asked here: an external server's run has no conversion
     models = tmp_path_factory.mktemp("models")
-    version_1 = convert(lane.name, lane.converter, artifacts, models, MODEL)
-    shutil.copytree(version_1, models / MODEL / "2")
+    for version in ("1", "2"):
+        shutil.copytree(converted, models / MODEL / version)
     return models
 
 

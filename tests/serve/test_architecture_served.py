@@ -1,5 +1,5 @@
-"""The second architecture served: MobileNetV3-Small, converted from this lane's fresh export of it
-(PT2TF_TEST_ARCHITECTURE_ARTIFACTS), under its own name on the embedded server with docker/config's flags.
+"""The second architecture served: MobileNetV3-Small, as nox converted this lane's fresh export of it
+(PT2TF_TEST_ARCHITECTURE_MODELS), under its own name on the embedded server with docker/config's flags.
 
 Its answers over REST and gRPC, both signatures, must be the in-process `tf.saved_model.load` answers,
 as the conformance suite requires of ResNet18.
@@ -15,7 +15,6 @@ import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from pt2tf_convert.artifacts import load_reference, photo_bytes
-from pt2tf_convert.convert import convert
 from pt2tf_serve.client import GrpcClient, RestClient
 from pt2tf_serve.config import single_model_config
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
@@ -25,13 +24,11 @@ ATOL = 2e-4  # the conformance suite's: batching sums in another order
 
 
 @pytest.fixture(scope="module")
-def arch_served(lane, tmp_path_factory):
+def arch_served(converted_architecture, tmp_path_factory):
     artifacts = Path(os.environ.get("PT2TF_TEST_ARCHITECTURE_ARTIFACTS", ""))
     if not (artifacts / "model.onnx").is_file():
         pytest.fail(f"PT2TF_TEST_ARCHITECTURE_ARTIFACTS={artifacts} holds no export; nox exports {ARCHITECTURE} first")
-    models = tmp_path_factory.mktemp("models")
-    version = convert(lane.name, lane.converter, artifacts, models)
-    assert version == models / ARCHITECTURE / "1"
+    version, models = converted_architecture, converted_architecture.parents[1]  # only read, by us and the server
     config = config_copy(tmp_path_factory.mktemp("server") / "config")
     one_model = single_model_config(ARCHITECTURE, f"/models/{ARCHITECTURE}")
     (config / "models.config").write_text(text_format.MessageToString(one_model))
