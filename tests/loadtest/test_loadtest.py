@@ -317,11 +317,11 @@ def test_a_batching_timeout_far_too_long_for_the_load_fails_latency_and_throughp
 
 
 def test_a_candidate_that_answers_differently_fails_the_gate(
-    artifacts, models, serve_python, capacity_file, tmp_path, capsys
+    artifacts, models, serve_python, capacity_file, shifted_version, tmp_path, capsys
 ):
     shifted = tmp_path / "models"
     shutil.copytree(models / MODEL / "1", shifted / MODEL / "1")
-    _candidate(serve_python, shifted / MODEL / "1", shifted / MODEL / "2")
+    shutil.copytree(shifted_version, shifted / MODEL / "2")
     out = tmp_path / "report"
     config = config_copy(tmp_path / "config")
     both = (config / "models.config").read_text().replace("latest { num_versions: 1 }", "all {}")
@@ -459,18 +459,26 @@ def _candidate(serve_python: Path, source: Path, target: Path, *flags: str) -> N
     log.unlink()
 
 
+@pytest.fixture(scope="module")
+def shifted_version(models, serve_python, tmp_path_factory) -> Path:
+    """Version 1 answering one class off, built once (shifted_version.py); the tests that serve it copy it."""
+    target = tmp_path_factory.mktemp("shifted") / "version"
+    _candidate(serve_python, models / MODEL / "1", target)
+    return target
+
+
 def _served(config_file: Path) -> tuple[list[int], dict[str, int]]:
     entry = rollout.read_config(config_file).model_config_list.config[0]
     return list(entry.model_version_policy.specific.versions), dict(entry.version_labels)
 
 
 def test_rollout_promotes_an_identical_candidate_and_rolls_back_a_wrong_or_slower_one(
-    artifacts, models, serve_python, capacity_file, tmp_path
+    artifacts, models, serve_python, capacity_file, shifted_version, tmp_path
 ):
     repo = tmp_path / "models" / MODEL
     shutil.copytree(models / MODEL / "1", repo / "1")
     shutil.copytree(repo / "1", repo / "2")  # identical
-    _candidate(serve_python, repo / "1", repo / "3")  # answers shifted by one class
+    shutil.copytree(shifted_version, repo / "3")  # answers shifted by one class
     _candidate(serve_python, repo / "1", repo / "4", "--slower", "6")  # the same answers, six times the work
     config = config_copy(tmp_path / "config")
     models_config = config / "models.config"
