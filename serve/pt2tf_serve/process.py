@@ -203,7 +203,7 @@ class ServerProcess:
         try:
             self._wait_until_ready()
         except BaseException:  # Ctrl-C included: a server in its own session would outlive us
-            self.stop()
+            self.close()  # the error names the log's last lines; nothing is left in the temp folder
             raise
         return self
 
@@ -245,6 +245,11 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def close(self) -> int | None:
+        """stop(), then remove the log: for a caller done with the server and with what it printed."""
+        code = self.stop()
         self.log_path.unlink(missing_ok=True)
+        return code
+
+    def __exit__(self, *exc) -> None:
+        self.close()

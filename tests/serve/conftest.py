@@ -117,7 +117,7 @@ def served(tmp_path_factory, repository, reference):
     try:
         yield Target(server.rest_url, server.grpc_target, MODEL, reference, True, server)
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +129,7 @@ def served_unbatched(tmp_path_factory, repository, reference):
     try:
         yield Target(server.rest_url, server.grpc_target, MODEL, reference, False, server)
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(params=["batching", "no-batching"])

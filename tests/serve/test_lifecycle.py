@@ -240,7 +240,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(own_repository, expect
         assert answers == [200, 200, 200, 200]
         assert "stopping: no new requests" in server.log()
     finally:
-        server.stop()
+        server.close()
+    assert not server.log_path.exists(), "close() left the server's log in the temp folder"
 
 
 @pytest.mark.parametrize("platform", ["platform.config", "platform-bf16.config"])
@@ -274,8 +275,9 @@ def _assert_bf16_refused_at_start(flags: list[str], cpu_model: str, env: dict[st
         with pytest.raises(RuntimeError, match="exited with") as refused:
             server.start()
     finally:
-        server.stop()  # had it started after all, it must not outlive the test
+        server.close()  # had it started after all, it must not outlive the test
     assert "avx512_bf16 or amx_bf16" in str(refused.value) and f"({cpu_model})" in str(refused.value)
+    assert not server.log_path.exists(), "a refused start left its log in the temp folder"
 
 
 def test_a_server_on_a_cpu_without_bf16_refuses_the_bf16_platform_config(own_repository, tmp_path):
