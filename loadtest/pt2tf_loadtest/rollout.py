@@ -39,6 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class Record:
 
     applied: list[dict] = field(default_factory=list)
     gates: list[Gate] = field(default_factory=list)
+    remeasured: list[Gate] = field(default_factory=list)  # latency-only misses that a re-measurement replaced
     steps: list[dict] = field(default_factory=list)
     outcome: str = ""
 
@@ -198,6 +200,9 @@ def _label_figures(step: Step, label: str) -> Figures:
     )
 
 
+LATENCY_RATIOS = ("p50 ÷ stable p50", "p99 ÷ stable p99")
+
+
 def judge(name: str, stable: Figures, canary: Figures, tolerance: float, tail_tolerance: float) -> list[Gate]:
     """The canary answers as stable does (no failures), its median within `tolerance` of stable's and its
     p99 within `tail_tolerance` (a p99 of a few hundred requests moves by half on a shared machine)."""
@@ -249,6 +254,27 @@ def canary_phase(args, rest_url: str, record: Record) -> list[Gate]:
                  args.tail_tolerance)  # fmt: skip
 
 
+def _judged(gates: list[Gate]) -> list[Gate]:
+    for gate in gates:
+        print(f"  {'met' if gate.ok else 'MISSED'}: {gate.name} {gate.measured} (wanted {gate.wanted})")
+    return gates
+
+
+def measure_phase(measure: Callable[[], list[Gate]], remeasure: int, record: Record) -> list[Gate]:
+    """The phase's gates; a measurement whose only misses are latency ratios is taken again, up to `remeasure`
+    times. One stall of a shared machine puts one window's p99 (the largest of ~100 requests) far out; a slower
+    candidate misses every time. A failed request is never re-measured: a wrong answer is not noise."""
+    gates = measure()
+    for _ in range(remeasure):
+        missed = [g for g in gates if not g.ok]
+        if not missed or not all(g.name.endswith(LATENCY_RATIOS) for g in missed):
+            break
+        print(f"  latency only: measuring the phase again (--remeasure {remeasure})", flush=True)
+        record.remeasured += gates
+        gates = measure()
+    return gates
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -269,10 +295,8 @@ def rollout(args, grpc_target: str, rest_url: str, config_path: Path | None, bas
                 if args.dry_run:
                     print(f"[{phase}] would load {args.scenario} at {args.rate:.1f}/s and judge the canary")
                     continue
-                gates = run(args, rest_url, record)
+                gates = measure_phase(lambda run=run: _judged(run(args, rest_url, record)), args.remeasure, record)
                 record.gates += gates
-                for gate in gates:
-                    print(f"  {'met' if gate.ok else 'MISSED'}: {gate.name} {gate.measured} (wanted {gate.wanted})")
                 missed = [g for g in gates if not g.ok]
                 if missed:
                     raise RolloutError(f"[{phase}] " + "; ".join(f"{g.name} {g.measured}" for g in missed))
@@ -352,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--tail-tolerance", type=float, default=1.5,
                       help="canary p99 may be this much above stable's (default 1.5: a p99 of a few hundred "
                       "requests is noisy on a shared machine)")  # fmt: skip
+    load.add_argument("--remeasure", type=int, default=1,
+                      help="times a phase that missed only latency ratios is measured again; it passes if a "
+                      "re-measurement meets every gate (default 1; 0: the first measurement decides)")  # fmt: skip
     load.add_argument("--warmup", type=float, default=1.0)
     load.add_argument("--pool", type=int, default=64)
     parser.add_argument("--drain-seconds", type=float, default=2.0)
@@ -369,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the embedded server needs --serve-python (the lane env's python)")
     if not 0 <= args.canary_share <= 1:
         parser.error("--canary-share is between 0 and 1")
+    if args.remeasure < 0:
+        parser.error(f"--remeasure is a count of re-measurements, 0 or more (got {args.remeasure})")
     try:
         TARGET.model = args.model = args.model or served_model(args.artifacts, args.models)
     except RepositoryError as exc:
