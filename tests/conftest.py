@@ -19,12 +19,23 @@ def lane():
     return load_matrix().lane(name)
 
 
+def _exported(variable: str, model: str) -> Path:
+    """The folder `variable` names, which nox filled with this run's fresh export of `model`."""
+    path = Path(os.environ.get(variable, ""))
+    if not (path / "model.onnx").is_file():
+        pytest.fail(f"{variable}={path} holds no export; nox exports {model} for this suite first")
+    return path
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
-    path = Path(os.environ.get("PT2TF_TEST_ARTIFACTS", ""))
-    if not (path / "model.onnx").is_file():
-        pytest.fail(f"PT2TF_TEST_ARTIFACTS={path} holds no export; nox runs the export for this suite first")
-    return path
+    return _exported("PT2TF_TEST_ARTIFACTS", "resnet18")
+
+
+@pytest.fixture(scope="session")
+def architecture_artifacts() -> Path:
+    """MobileNetV3-Small, exported by nox in this lane's export env."""
+    return _exported("PT2TF_TEST_ARCHITECTURE_ARTIFACTS", "mobilenet_v3_small")
 
 
 def _converted(variable: str, model: str) -> Path:

@@ -23,25 +23,15 @@ ARCHITECTURE = "mobilenet_v3_small"
 
 
 @pytest.fixture(scope="module")
-def arch_artifacts() -> Path:
-    path = Path(os.environ.get("PT2TF_TEST_ARCHITECTURE_ARTIFACTS", ""))
-    if not (path / "model.onnx").is_file():
-        pytest.fail(
-            f"PT2TF_TEST_ARCHITECTURE_ARTIFACTS={path} holds no export; nox exports {ARCHITECTURE} for this suite first"
-        )
-    return path
-
-
-@pytest.fixture(scope="module")
 def published(converted_architecture) -> tuple[Path, Path]:
     """nox's conversion of this lane's fresh export of it, under the export's model name."""
     return converted_architecture.parents[1], converted_architecture
 
 
-def test_the_export_holds_operators_resnet18_lacks(arch_artifacts):
-    ops = {node.op_type for node in onnx.load(str(arch_artifacts / "model.onnx")).graph.node}
+def test_the_export_holds_operators_resnet18_lacks(architecture_artifacts):
+    ops = {node.op_type for node in onnx.load(str(architecture_artifacts / "model.onnx")).graph.node}
     assert "HardSigmoid" in ops and "Mul" in ops, f"squeeze-excitation gates: {sorted(ops)}"
-    manifest = json.loads((arch_artifacts / "export.json").read_text())
+    manifest = json.loads((architecture_artifacts / "export.json").read_text())
     assert manifest["model"] == ARCHITECTURE
 
 
@@ -56,9 +46,9 @@ def test_it_is_published_under_its_own_name_with_the_contract(published):
     assert {log.predict_log.request.model_spec.name for log in logs} == {ARCHITECTURE}
 
 
-def test_predict_images_answers_the_photos_as_pytorch_does(published, arch_artifacts):
+def test_predict_images_answers_the_photos_as_pytorch_does(published, architecture_artifacts):
     _, version_dir = published
-    ref = load_reference(arch_artifacts)
+    ref = load_reference(architecture_artifacts)
     photos = photo_bytes(ref)
     out = tf.saved_model.load(str(version_dir)).signatures["predict_images"](image_bytes=tf.constant(photos))
     torch_top1 = ref["logits"][ref["kinds"] == "photo"].argmax(axis=1)
@@ -66,9 +56,11 @@ def test_predict_images_answers_the_photos_as_pytorch_does(published, arch_artif
     assert [row[0].decode() for row in out["labels"].numpy()] == [str(ref["labels"][c]) for c in torch_top1]
 
 
-def test_verify_passes_with_parity_and_preprocessing_measured_for_this_model(published, lane, arch_artifacts, tmp_path):
+def test_verify_passes_with_parity_and_preprocessing_measured_for_this_model(
+    published, lane, architecture_artifacts, tmp_path
+):
     models, _ = published
-    report = verify(lane.name, arch_artifacts, models, None, tmp_path, None, Thresholds())
+    report = verify(lane.name, architecture_artifacts, models, None, tmp_path, None, Thresholds())
     assert report["failures"] == [] and report["passed"]
     assert report["model"] == report["architecture"] == ARCHITECTURE
     assert report["answers"]["distinct_top1"] >= 12
@@ -97,10 +89,10 @@ def test_verify_passes_with_parity_and_preprocessing_measured_for_this_model(pub
     assert report["calibration"]["grey_level_margin_ratio"] >= 4 and "Seeded classifier: own classes" in markdown
 
 
-def test_another_models_name_is_refused_naming_the_export(arch_artifacts):
+def test_another_models_name_is_refused_naming_the_export(architecture_artifacts):
     with pytest.raises(ArtifactsError, match=f"holds an export of {ARCHITECTURE}; export resnet18 first"):
-        check_exported_model(arch_artifacts, "resnet18")
-    check_exported_model(arch_artifacts, ARCHITECTURE)
+        check_exported_model(architecture_artifacts, "resnet18")
+    check_exported_model(architecture_artifacts, ARCHITECTURE)
 
 
 # The ops optimize() rewrites: transposes sunk and cancelled, Pad folded into the convolution or the max-pool,
@@ -135,7 +127,7 @@ def _data_path_ops(graph_def, input_name: str) -> Counter:
     return Counter(node.op for node in graph_def.node if node.name in seen and node.op not in REWRITTEN_OPS)
 
 
-def test_the_graph_rewrites_keep_parity_and_leave_what_they_do_not_rewrite(lane, arch_artifacts, tmp_path):
+def test_the_graph_rewrites_keep_parity_and_leave_what_they_do_not_rewrite(lane, architecture_artifacts, tmp_path):
     """optimize() on a non-ResNet graph: the same answers as the converter's graph against ONNX Runtime, no more
     transposes than before, and every op on the input's path that it has no rewrite for kept, count for count."""
     from pt2tf_convert.backends import load_backend
@@ -146,17 +138,17 @@ def test_the_graph_rewrites_keep_parity_and_leave_what_they_do_not_rewrite(lane,
     from pt2tf_convert.support import check_supported
 
     backend = load_backend(lane.converter)
-    onnx_path = arch_artifacts / "model.onnx"
+    onnx_path = architecture_artifacts / "model.onnx"
     prepared, _ = prepare(check_supported(onnx_path, lane.name, backend), lane.converter)
     converted = backend.convert(prepared, onnx_path, tmp_path)
     optimized, rewrite = optimize(converted)
-    ref = load_reference(arch_artifacts)
+    ref = load_reference(architecture_artifacts)
     inputs = ref["inputs"] if converted.layout == "NCHW" else ref["inputs"].transpose(0, 2, 3, 1)
     # optimize()'s call imports a GraphDef: it runs traced, as the serving signatures run it.
     before = np.concatenate([tf.function(converted.call)(tf.constant(c)).numpy() for c in np.split(inputs, 4)])
     after = np.concatenate([tf.function(optimized.call)(tf.constant(c)).numpy() for c in np.split(inputs, 4)])
     ort = run_onnxruntime(onnxruntime_session(onnx_path), ref["inputs"], 8)
-    rounding = json.loads((arch_artifacts / "export.json").read_text())["pytorch_float32_rounding"]
+    rounding = json.loads((architecture_artifacts / "export.json").read_text())["pytorch_float32_rounding"]
     parity_before, parity_after = compare(ort, before), compare(ort, after)
     # Parity unchanged: the rewrites reorder float sums at most, an error of the model's own rounding's size.
     assert abs(parity_after["max_abs"] - parity_before["max_abs"]) <= rounding, (parity_before, parity_after)

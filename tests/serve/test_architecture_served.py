@@ -7,9 +7,6 @@ as the conformance suite requires of ResNet18.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,15 +21,12 @@ ATOL = 2e-4  # the conformance suite's: batching sums in another order
 
 
 @pytest.fixture(scope="module")
-def arch_served(converted_architecture, tmp_path_factory):
-    artifacts = Path(os.environ.get("PT2TF_TEST_ARCHITECTURE_ARTIFACTS", ""))
-    if not (artifacts / "model.onnx").is_file():
-        pytest.fail(f"PT2TF_TEST_ARCHITECTURE_ARTIFACTS={artifacts} holds no export; nox exports {ARCHITECTURE} first")
+def arch_served(architecture_artifacts, converted_architecture, tmp_path_factory):
     version, models = converted_architecture, converted_architecture.parents[1]  # only read, by us and the server
     config = config_copy(tmp_path_factory.mktemp("server") / "config")
     one_model = single_model_config(ARCHITECTURE, f"/models/{ARCHITECTURE}")
     (config / "models.config").write_text(text_format.MessageToString(one_model))
-    reference = load_reference(artifacts)
+    reference = load_reference(architecture_artifacts)
     loaded = tf.saved_model.load(str(version))
     tensors = reference["inputs"][:4]
     photos = photo_bytes(reference)
