@@ -14,7 +14,8 @@ The steps, each printing and logging the ModelServerConfig it applies:
    AVAILABLE (TF Serving refuses a label on a version not loaded yet, so the label comes after).
 2. label: `canary` → candidate.
 3. gate: open-loop load at the production rate, alternating `stable` and `canary` (rounds): the canary
-   must answer as the reference does (no failures) and its p99 stay within the tolerance of stable's.
+   must answer as the reference does (no failures) and its p50 and p99 stay within the tolerances of
+   stable's. A phase that missed only latency ratios is measured again (--remeasure) before it counts.
 4. canary: the production rate split between the labels, a share to `canary`, on the client side (TF
    Serving splits nothing: a client names the label per request); errors and p99 watched per label.
 5. promote: `stable` → candidate, `canary` removed.
