@@ -2,12 +2,18 @@
 
 Each test starts its own server with batching parameters chosen to make the case happen, and
 checks that the server answers with TF Serving's codes and goes on serving correct answers.
+
+These are the server's transport and queue: aiohttp, grpcio and orjson are the same versions in every lane's env,
+and no case here goes through TensorFlow beyond the answers (which the conformance suite checks on every lane), so
+they run on the default lane only (40–65 s a lane in a CI run on Sapphire Rapids). The deadline cases, which reach
+TensorFlow's RunOptions, and the lifecycle's, which load and unload its sessions, run on every lane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import socket
 import statistics
 import time
@@ -22,9 +28,19 @@ import tensorflow as tf
 from pt2tf_serve.bench import PeakMemory
 from pt2tf_serve.client import RestClient
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
+from pt2tf_toolchain.matrix import load_matrix
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 MODEL = "resnet18"
+
+
+DEFAULT_LANE = load_matrix().default_lane
+# A mark, not a fixture: the session's repository and answers would be set up before any fixture could skip.
+pytestmark = pytest.mark.skipif(
+    os.environ.get("PT2TF_LANE", DEFAULT_LANE) != DEFAULT_LANE,
+    reason=f"the server's transport and queue are tested on the default lane ({DEFAULT_LANE})",
+)
+
 
 # One thread runs batches of up to 2 requests; at most 2 batches wait: the queue holds 4 requests.
 SMALL_QUEUE = """
