@@ -122,7 +122,9 @@ def bare_memory(version_dir: Path, tensors: np.ndarray, photos: list[bytes]) -> 
 
 
 class Sampling:
-    """Calls `sample()` every `interval` seconds on a thread of its own while in its `with`."""
+    """Calls `sample()` every `interval` seconds on a thread of its own while in its `with`, and once more on leaving
+    it normally: a process stopped (SIGSTOP) until just before the `with` ends may leave before its thread samples
+    again."""
 
     def __init__(self, interval: float):
         self.interval = interval
@@ -143,6 +145,8 @@ class Sampling:
     def __exit__(self, *exc) -> None:
         self._done.set()
         self._thread.join()
+        if exc[0] is None:  # on an exception, a last sample would only risk hiding it (a server gone, say)
+            self.sample()
 
 
 class PeakMemory(Sampling):

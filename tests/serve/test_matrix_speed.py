@@ -135,6 +135,16 @@ def test_a_measurement_during_which_a_process_was_stopped_is_taken_again(
     assert _servers_of(models) == [], "served_rate left its server running"
 
 
+def test_a_stop_that_ends_as_the_measurement_does_is_still_seen(monkeypatch):
+    # A CI run: served_rate was stopped 8 s during its warm-up; on SIGCONT its window was over and the `with` ended
+    # before the sampling thread ticked again, so the stop went unseen and its deadline failures failed the run.
+    # Here the thread never ticks (an hour's interval) and the stop is the 10 s since the last tick.
+    monkeypatch.setattr(served_rate, "TICK_S", 3600.0)
+    with served_rate.Stops(os.getpid()) as stops:
+        stops._last -= 10.0
+    assert stops.seconds >= 10.0
+
+
 def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tmp_path):
     empty = tmp_path / "models"
     empty.mkdir()
