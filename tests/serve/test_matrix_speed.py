@@ -52,6 +52,12 @@ def _servers_of(models: Path) -> list[int]:
     return found
 
 
+def _on_the_default_lane_only(lane, what: str) -> None:
+    """Skips the case on the other lanes: `what` is the measuring code's own logic, the same in every lane's env."""
+    if lane.name != load_matrix().default_lane:
+        pytest.skip(f"lane {lane.name}: the default lane ({load_matrix().default_lane}) tests {what}")
+
+
 def test_the_speed_stages_measure_the_session_and_the_served_model(lane, artifacts, repository, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(repository / MODEL / "1", models / MODEL / "1")
@@ -92,8 +98,7 @@ def _batches_served(pid: int) -> float:
 def test_a_measurement_during_which_a_process_was_stopped_is_taken_again(
     stopped, lane, artifacts, repository, tmp_path
 ):
-    if lane.name != load_matrix().default_lane:  # served_rate's own logic: ~40 s a case, worth one lane's time
-        pytest.skip(f"lane {lane.name}: the default lane ({load_matrix().default_lane}) tests served_rate's retries")
+    _on_the_default_lane_only(lane, "served_rate's retries")  # its own logic: ~40 s a case, worth one lane's time
     # On a shared machine a process may be SIGSTOPped for minutes; in-flight calls then outlive their deadline. Here
     # the stop (8 s, longer than served_rate.STALL_S) outlasts the deadline (6 s: 16 callers of one image each wait
     # about 1 s on the AVX2 kind, ~17 img/s) and the measured window (6 s): counted, that measurement would fail the
@@ -146,6 +151,7 @@ def test_a_stop_that_ends_as_the_measurement_does_is_still_seen(monkeypatch):
 
 
 def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tmp_path):
+    _on_the_default_lane_only(lane, "how a stage's failure is recorded")  # 7–10 s a lane
     empty = tmp_path / "models"
     empty.mkdir()
     record, _ = measure_speed(MODEL, _spec(lane), artifacts, empty, tmp_path / "work", dict(os.environ), SHORT)
@@ -160,6 +166,7 @@ def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tm
 
 
 def test_a_server_that_cannot_serve_the_model_fails_the_serve_stage_and_is_stopped(lane, artifacts, tmp_path):
+    _on_the_default_lane_only(lane, "a server that cannot start")  # 11–21 s a lane
     models = tmp_path / "models"
     (models / MODEL / "1").mkdir(parents=True)
     (models / MODEL / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
