@@ -93,7 +93,7 @@ def test_a_queued_request_whose_caller_left_frees_its_batch_slot(pairs_server, e
     with grpc.insecure_channel(pairs_server.grpc_target) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         leave(stub, _request(expected.tensors[:1]), pairs_server)
-        time.sleep(0.3)  # the server notices the caller left
+        time.sleep(1.0)  # the server notices the caller left (a second: a stall of the server's loop may delay it)
         # Two callers together fill a batch and run at once. Were the first request still in the
         # open batch, the first of them would fill it and the second would wait BATCH_WAIT_S alone.
         calls = [stub.Predict.future(_request(expected.tensors[i : i + 1]), timeout=PAIR_DEADLINE_S) for i in (1, 2)]
