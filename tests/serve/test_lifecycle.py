@@ -1,7 +1,9 @@
 """Model lifecycle on the embedded server: version swaps under load, failed loads, config reloads, shutdown.
 
 Each test runs its own server on its own copy of the model repository, so what it does to
-versions and config cannot leak into another test.
+versions and config cannot leak into another test. Loading, swapping and unloading a lane's sessions (under load,
+and under each platform config) runs on every lane; the reload, polling and shutdown logic, the server's own, on the
+default lane only (10–13 s a case).
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def _model_config(*names: str, base_path: str = "/models/resnet18") -> model_ser
     return config
 
 
+@pytest.mark.default_lane_only("ReloadConfig's handling of the model list")
 def test_reload_config_over_grpc_adds_and_removes_models(own_repository, expected, tmp_path):
     config = config_copy(tmp_path / "config")
     with (
@@ -200,6 +203,7 @@ def test_reload_config_over_grpc_adds_and_removes_models(own_repository, expecte
         assert predict("second").model_spec.version.value == 1  # a refused reload changes nothing
 
 
+@pytest.mark.default_lane_only("the config file's polling")
 def test_config_file_is_polled(own_repository, expected, tmp_path):
     config = config_copy(tmp_path / "config")
     flags = embedded_flags(config, own_repository, "--model_config_file_poll_wait_seconds=1")
@@ -213,6 +217,7 @@ def test_config_file_is_polled(own_repository, expected, tmp_path):
         wait_for(lambda: rest.raw("GET", f"/v1/models/{MODEL}")[0] == 404, 60, f"{MODEL} to be gone")
 
 
+@pytest.mark.default_lane_only("the drain on SIGTERM")
 def test_sigterm_finishes_requests_in_flight_then_exits_0(own_repository, expected, tmp_path):
     config = config_copy(tmp_path / "config")
     server = ServerProcess(embedded_flags(config, own_repository)).start()

@@ -21,7 +21,6 @@ import pytest
 from pt2tf_convert.model_matrix import LaneSpec, Speed, chart, measure_speed
 from pt2tf_serve import served_rate
 from pt2tf_serve.process import DOCKER_CONFIG
-from pt2tf_toolchain.matrix import load_matrix
 
 MODEL = "resnet18"
 SHORT = Speed(
@@ -50,12 +49,6 @@ def _servers_of(models: Path) -> list[int]:
         if b"pt2tf_serve.server" in argv and f"--volume={models}:/models".encode() in argv:
             found.append(int(entry.name))
     return found
-
-
-def _on_the_default_lane_only(lane, what: str) -> None:
-    """Skips the case on the other lanes: `what` is the measuring code's own logic, the same in every lane's env."""
-    if lane.name != load_matrix().default_lane:
-        pytest.skip(f"lane {lane.name}: the default lane ({load_matrix().default_lane}) tests {what}")
 
 
 def test_the_speed_stages_measure_the_session_and_the_served_model(lane, artifacts, repository, tmp_path):
@@ -95,10 +88,10 @@ def _batches_served(pid: int) -> float:
 
 
 @pytest.mark.parametrize("stopped", ["server", "served_rate"])
+@pytest.mark.default_lane_only("served_rate's retries")  # its own logic: ~40 s a case, worth one lane's time
 def test_a_measurement_during_which_a_process_was_stopped_is_taken_again(
     stopped, lane, artifacts, repository, tmp_path
 ):
-    _on_the_default_lane_only(lane, "served_rate's retries")  # its own logic: ~40 s a case, worth one lane's time
     # On a shared machine a process may be SIGSTOPped for minutes; in-flight calls then outlive their deadline. Here
     # the stop (8 s, longer than served_rate.STALL_S) outlasts the deadline (6 s: 16 callers of one image each wait
     # about 1 s on the AVX2 kind, ~17 img/s) and the measured window (6 s): counted, that measurement would fail the
@@ -150,8 +143,8 @@ def test_a_stop_that_ends_as_the_measurement_does_is_still_seen(monkeypatch):
     assert stops.seconds >= 10.0
 
 
+@pytest.mark.default_lane_only("how a stage's failure is recorded")  # 7–10 s a lane
 def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tmp_path):
-    _on_the_default_lane_only(lane, "how a stage's failure is recorded")  # 7–10 s a lane
     empty = tmp_path / "models"
     empty.mkdir()
     record, _ = measure_speed(MODEL, _spec(lane), artifacts, empty, tmp_path / "work", dict(os.environ), SHORT)
@@ -165,8 +158,8 @@ def test_failing_speed_stages_are_recorded_with_their_errors(lane, artifacts, tm
     }
 
 
+@pytest.mark.default_lane_only("a server that cannot start")  # 11–21 s a lane
 def test_a_server_that_cannot_serve_the_model_fails_the_serve_stage_and_is_stopped(lane, artifacts, tmp_path):
-    _on_the_default_lane_only(lane, "a server that cannot start")  # 11–21 s a lane
     models = tmp_path / "models"
     (models / MODEL / "1").mkdir(parents=True)
     (models / MODEL / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import socket
 import statistics
 import time
@@ -28,18 +27,12 @@ import tensorflow as tf
 from pt2tf_serve.bench import PeakMemory
 from pt2tf_serve.client import RestClient
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
-from pt2tf_toolchain.matrix import load_matrix
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 MODEL = "resnet18"
 
 
-DEFAULT_LANE = load_matrix().default_lane
-# A mark, not a fixture: the session's repository and answers would be set up before any fixture could skip.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("PT2TF_LANE", DEFAULT_LANE) != DEFAULT_LANE,
-    reason=f"the server's transport and queue are tested on the default lane ({DEFAULT_LANE})",
-)
+pytestmark = pytest.mark.default_lane_only("the server's transport and queue")
 
 
 # One thread runs batches of up to 2 requests; at most 2 batches wait: the queue holds 4 requests.
