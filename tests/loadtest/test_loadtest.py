@@ -395,7 +395,8 @@ def test_the_search_finds_the_capacity_between_a_rate_that_passes_and_one_no_ser
 ):
     # Half the in-process best passes on any machine with a bound of 50 × one image's latency; three times the best
     # cannot be answered as it falls due. One bisection between them, in short windows (smoke profile). Not a
-    # quarter: a window holds ≥ 100 requests, which at a quarter of the AVX2 EPYC's ~17 img/s is 24 s.
+    # quarter: a window holds ≥ 100 requests, which at a quarter of the AVX2 EPYC's ~17 img/s is 24 s. Up to 8
+    # windows, not 6, for 3 that agree: a stall near a ~2 s window's close spoils that window, not the probe.
     open_loop = (
         LENIENT.replace("concurrency = 4", f"concurrency = {GATE_USERS}")
         + "rate_share_of_capacity = 0.5\nrate_max_p99_over_batch_1 = 50\nmin_headroom = 1.0\n"
@@ -403,7 +404,7 @@ def test_the_search_finds_the_capacity_between_a_rate_that_passes_and_one_no_ser
     out = tmp_path / "report"
     code = gate_run(artifacts, models, serve_python, capacity_file, out, "--batching", "on", "--slo",
                     slo_file(tmp_path, open_loop), "--search", "--search-fractions", "0.5,3", "--profile", "smoke",
-                    "--bisections", 1, seconds=2.0)  # fmt: skip
+                    "--bisections", 1, "--max-windows", 8, seconds=2.0)  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     found = results(out)
