@@ -144,6 +144,14 @@ class Spawned:
             os.kill(self.pid, signum)
 
 
+def process_state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped, Z: exited, not reaped yet), or '' when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def run_spawned(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """subprocess.run(argv, capture_output=True, text=True, timeout=...) by posix_spawn, for a process that has
     used gRPC (see Spawned): a fork there can abort the child before it execs (exit -6, "epoll_wait error").

@@ -28,7 +28,7 @@ from pathlib import Path
 from pt2tf_convert.atomic import replace_file
 
 from .bench import Sampling
-from .process import ServerProcess, config_copy, embedded_flags
+from .process import ServerProcess, config_copy, embedded_flags, process_state
 
 # A version that fails to load fails the stage at once: TF Serving's default (5 retries, a minute apart) would
 # spend 5 minutes on a file that verify has just read, and a retry changes nothing in it.
@@ -44,14 +44,6 @@ class ServedRateError(RuntimeError):
     """The server did not start, requests failed under load, or every measurement was stopped."""
 
 
-def _state(pid: int) -> str:
-    """The process's state letter from /proc (T: stopped), or '' when it is gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
 class Stops(Sampling):
     """While in its `with`: the seconds this process spent stopped (its own ticks came late by STALL_S or more) or
     the server did (its /proc state was T, stopped)."""
@@ -63,7 +55,7 @@ class Stops(Sampling):
 
     def sample(self) -> None:
         now = time.monotonic()
-        if now - self._last >= STALL_S or _state(self.server_pid) in ("T", "t"):
+        if now - self._last >= STALL_S or process_state(self.server_pid) in ("T", "t"):
             self.seconds += now - self._last
         self._last = now
 

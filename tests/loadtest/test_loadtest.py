@@ -26,7 +26,14 @@ from pt2tf_loadtest.inputs import load_inputs
 from pt2tf_loadtest.users import TARGET
 from pt2tf_serve.client import GrpcClient
 from pt2tf_serve.cpu import cpu_info
-from pt2tf_serve.process import ServerProcess, Spawned, config_copy, embedded_flags, run_spawned
+from pt2tf_serve.process import (
+    ServerProcess,
+    Spawned,
+    config_copy,
+    embedded_flags,
+    process_state,
+    run_spawned,
+)
 
 MODEL = "resnet18"
 LOCUSTFILE = Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py"
@@ -454,16 +461,9 @@ def test_run_spawned_answers_as_subprocess_run_does_and_kills_its_group_on_timeo
     with pytest.raises(subprocess.TimeoutExpired):
         run_spawned(["bash", "-c", f"sleep 60 & echo $! > {named}; sleep 60"], timeout=2)
     assert time.monotonic() - started < 15
-    grandchild = Path(f"/proc/{int(named.read_text())}/stat")
-
-    def alive() -> bool:
-        try:
-            return grandchild.read_text().rpartition(")")[2].split()[0] != "Z"  # Z: killed, not reaped yet
-        except FileNotFoundError:
-            return False
-
+    grandchild = int(named.read_text())
     deadline = time.monotonic() + 30
-    while alive():
+    while process_state(grandchild) not in ("", "Z"):  # gone, or killed and not reaped yet
         assert time.monotonic() < deadline, "the timeout killed the child but not its process group"
         time.sleep(0.1)
     with pytest.raises(FileNotFoundError, match="no-such-program-pt2tf"):

@@ -89,9 +89,7 @@ def _batches_served(pid: int) -> float:
 
 @pytest.mark.parametrize("stopped", ["server", "served_rate"])
 @pytest.mark.default_lane_only("served_rate's retries")  # its own logic: ~40 s a case, worth one lane's time
-def test_a_measurement_during_which_a_process_was_stopped_is_taken_again(
-    stopped, lane, artifacts, repository, tmp_path
-):
+def test_a_measurement_during_which_a_process_was_stopped_is_taken_again(stopped, artifacts, repository, tmp_path):
     # On a shared machine a process may be SIGSTOPped for minutes; in-flight calls then outlive their deadline. Here
     # the stop (8 s, longer than served_rate.STALL_S) outlasts the deadline (6 s: 16 callers of one image each wait
     # about 1 s on the AVX2 kind, ~17 img/s) and the measured window (6 s): counted, that measurement would fail the

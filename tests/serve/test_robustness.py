@@ -6,7 +6,7 @@ checks that the server answers with TF Serving's codes and goes on serving corre
 These are the server's transport and queue: aiohttp, grpcio and orjson are the same versions in every lane's env,
 and no case here goes through TensorFlow beyond the answers (which the conformance suite checks on every lane), so
 they run on the default lane only (40–65 s a lane in a CI run on Sapphire Rapids). The deadline cases, which reach
-TensorFlow's RunOptions, and the lifecycle's, which load and unload its sessions, run on every lane.
+TensorFlow's RunOptions, and the lifecycle's loading and unloading of sessions run on every lane.
 """
 
 from __future__ import annotations
