@@ -21,7 +21,7 @@ for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only
 
 from pt2tf_convert.repository import RepositoryError, served_model, versions  # noqa: E402
 from pt2tf_serve.cpu import cpu_info  # noqa: E402
-from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags, server_env  # noqa: E402
+from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags, read_env_file, server_env  # noqa: E402
 from pt2tf_toolchain.envs import ensure_env, installed_packages  # noqa: E402
 from pt2tf_toolchain.lock import drift, load_lock, staleness  # noqa: E402
 from pt2tf_toolchain.matrix import Lane, load_matrix  # noqa: E402
@@ -244,13 +244,20 @@ def _require_model(session: nox.Session, lane: Lane, model: str | None = None) -
     return model
 
 
+def _server_env(session: nox.Session, file_env: dict[str, str] | None = None) -> None:
+    """Give the session the server's environment, docker/config/server.env (or `file_env`); a variable set in the
+    shell wins, as the embedded server's launchers do. TensorFlow measured in process then runs the kernels the
+    served model runs (TF_ENABLE_ONEDNN_OPTS: see README "CPU kinds")."""
+    file_env = read_env_file(DOCKER_CONFIG / "server.env") if file_env is None else file_env
+    session.env.update({name: value for name, value in file_env.items() if name not in os.environ})
+
+
 def _serve(session: nox.Session, lane: Lane) -> None:
     """Serve in the foreground until Ctrl-C; posargs after `--` are more tensorflow_model_server flags."""
     _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     session.log(f"embedded server (pt2tf-serve) on lane {lane.name}, standing in for {lane.serving_image}")
     flags = embedded_flags(DOCKER_CONFIG, MODELS / lane.name, *session.posargs)  # docker/config/server.flags
-    file_env = server_env(flags, {})  # docker/config/server.env; a variable set in the shell wins
-    session.env.update({name: value for name, value in file_env.items() if name not in os.environ})
+    _server_env(session, server_env(flags, {}))
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.server", *flags)
 
 
@@ -316,6 +323,7 @@ def bench(session: nox.Session) -> None:
     """Bench PyTorch, ONNX Runtime and every converted lane in one run (reports/bench.md)."""
     out = REPORTS / "bench"
     shutil.rmtree(out, ignore_errors=True)
+    _server_env(session)  # the Session path as TF Serving runs it, with server.env's kernels
     torch_env = MATRIX.lane(None).env_for("export")
     for runtime in ("onnxruntime", "pytorch"):
         _bench(session, torch_env, out / f"{runtime}.json", runtime)
@@ -380,6 +388,7 @@ def profile(session: nox.Session) -> None:
     _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     out = REPORTS / "profile"
     shutil.rmtree(out, ignore_errors=True)
+    _server_env(session)  # as served; TF_ENABLE_ONEDNN_OPTS=0|1 in the shell profiles the other kernels
     common = ["-m", "pt2tf_convert.profile", "--artifacts", str(ARTIFACTS / lane.name), *session.posargs]
     run_in(session, lane.env_for("export"), *common, "--runtime", "onnxruntime", "--out", str(out / "onnxruntime.json"))
     tf_args = ["--runtime", "savedmodel", "--platform-config", str(PLATFORM_CONFIG), "--model-name", MODEL_NAME]
@@ -416,6 +425,7 @@ def serve_bench(session: nox.Session) -> None:
     lane = MATRIX.lane(None)
     _require_model(session, lane, MODEL_NAME)  # docker/config and this session serve or measure resnet18
     args = ["--models", str(MODELS / lane.name), "--artifacts", str(ARTIFACTS / lane.name)]
+    _server_env(session)  # its in-process figures run the kernels its servers run
     run_in(session, lane.env_for("serve"), "-m", "pt2tf_serve.bench", *args, "--out", str(REPORTS / "serve-bench.md"),
            *session.posargs)  # fmt: skip
 
@@ -495,6 +505,7 @@ def models(session: nox.Session) -> None:
     options = [arg for arg in session.posargs if arg.startswith("-")]
     names = [arg for arg in session.posargs if not arg.startswith("-")] or list(MATRIX_MODELS)
     chart_python = env_python(session, MATRIX.lane(None).env_for("verify"))  # any lane's env has matplotlib
+    _server_env(session)  # the speed stages' Session runs the kernels their served_rate servers run
     _run_here(session, "pt2tf_convert.model_matrix", "--out", str(REPORTS / "models"), *lanes, "--models", *names,
               "--cpu", cpu_info().describe(), "--platform-config", str(PLATFORM_CONFIG), "--chart-python",
               chart_python, *options)  # fmt: skip
