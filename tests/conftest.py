@@ -10,6 +10,28 @@ from pathlib import Path
 import pytest
 from pt2tf_toolchain.matrix import load_matrix
 
+DEFAULT_LANE_ONLY = "default_lane_only"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        f"{DEFAULT_LANE_ONLY}(what): the case tests `what`, the project's own logic (the server's, the measuring "
+        "code's, verify's checks, convert's publishing), the same in every lane's env: it runs on the default lane "
+        "only",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """A mark, not a fixture: a lane suite's session fixtures (a repository, answers) would be set up before any
+    fixture could skip."""
+    default = load_matrix().default_lane
+    lane = os.environ.get("PT2TF_LANE", default)
+    for item in items:
+        mark = item.get_closest_marker(DEFAULT_LANE_ONLY)
+        if mark is not None and lane != default:
+            item.add_marker(pytest.mark.skip(reason=f"lane {lane}: the default lane ({default}) tests {mark.args[0]}"))
+
 
 @pytest.fixture(scope="session")
 def lane():

@@ -120,6 +120,7 @@ def _collapsed(artifacts: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.default_lane_only("verify's discrimination check")
 def test_verify_fails_on_seeded_answers_that_collapse(published, lane, artifacts, tmp_path):
     models, _ = published
     collapsed = _collapsed(artifacts, tmp_path / "artifacts")
@@ -141,6 +142,7 @@ def test_verify_names_a_version_without_its_manifest(published, lane, artifacts,
         verify(lane.name, artifacts, models, "resnet18", tmp_path / "reports", None, Thresholds())
 
 
+@pytest.mark.default_lane_only("verify's discrimination check")
 def test_collapsed_answers_from_a_users_weights_only_warn(published, lane, artifacts, tmp_path):
     collapsed = _collapsed(artifacts, tmp_path / "artifacts")
     models = tmp_path / "models"
@@ -159,6 +161,7 @@ def test_collapsed_answers_from_a_users_weights_only_warn(published, lane, artif
     assert f"Weights: /data/finetuned.pt (sha256 {'ab' * 32})." in markdown
 
 
+@pytest.mark.default_lane_only("verify's parity checks against a changed weight")
 def test_a_weight_perturbed_after_export_fails_verify(lane, artifacts, tmp_path):
     broken = tmp_path / "artifacts"
     shutil.copytree(artifacts, broken)
@@ -402,6 +405,7 @@ def test_missing_and_non_onnx_files_are_refused(lane, tmp_path):
         check_supported(garbage, lane.name, backend)
 
 
+@pytest.mark.default_lane_only("convert's publishing")
 def test_an_interrupted_conversion_leaves_no_version_directory(lane, artifacts, tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

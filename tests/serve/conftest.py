@@ -22,29 +22,9 @@ import pytest
 import tensorflow as tf
 from pt2tf_convert.artifacts import load_reference, photo_bytes
 from pt2tf_serve.process import ServerProcess, config_copy, embedded_flags
-from pt2tf_toolchain.matrix import load_matrix
 
 CONFORMANCE_CONFIG = Path(__file__).parent / "conformance" / "models.config"
 MODEL = "resnet18"
-DEFAULT_LANE_ONLY = "default_lane_only"
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        f"{DEFAULT_LANE_ONLY}(what): the case tests `what`, the server's or the measuring code's own logic, the same "
-        "in every lane's env (aiohttp, grpcio, orjson pinned alike): it runs on the default lane only",
-    )
-
-
-def pytest_collection_modifyitems(config, items):
-    """A mark, not a fixture: the session's repository and answers would be set up before any fixture could skip."""
-    default = load_matrix().default_lane
-    lane = os.environ.get("PT2TF_LANE", default)
-    for item in items:
-        mark = item.get_closest_marker(DEFAULT_LANE_ONLY)
-        if mark is not None and lane != default:
-            item.add_marker(pytest.mark.skip(reason=f"lane {lane}: the default lane ({default}) tests {mark.args[0]}"))
 
 
 @dataclass
