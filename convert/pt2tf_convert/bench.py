@@ -127,6 +127,22 @@ def session_config(args: argparse.Namespace):
     return config
 
 
+def _jit_compiled(serving, ref: dict, args: argparse.Namespace):
+    """The loaded signature compiled whole by XLA, or None where XLA refuses one of its ops (a converted graph's
+    MaxPool with explicit padding, for one): that path is then not measured, and the record says why."""
+    import tensorflow as tf
+
+    compiled = tf.function(serving, jit_compile=True)
+    try:
+        compiled(input=tf.constant(batch_of(ref["inputs"], 1)))
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        args.not_measured = {LOADED: f"XLA cannot compile the whole signature ({reason})"}
+        print(f"  {LOADED}, jit_compile=True: not measured: {reason}", file=sys.stderr)
+        return None
+    return compiled
+
+
 def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     import onnxruntime
     import tensorflow as tf
@@ -149,8 +165,8 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
     servable = Servable(args.model_name, number, version, config, ["serve"])
     sessions = {name: servable.signatures[name] for name in ("serving_default", "predict_images")}
     serving = tf.saved_model.load(str(version)).signatures["serving_default"] if args.loaded else None
-    if args.loaded and args.variant == "xla":
-        serving = tf.function(serving, jit_compile=True)
+    if serving is not None and args.variant == "xla":
+        serving = _jit_compiled(serving, ref, args)
     ort = onnxruntime_session(args.artifacts / "model.onnx")
     jpeg = next(p for p, name in zip(photo_bytes(ref), ref["photo_names"], strict=True) if name.endswith(".jpg"))
     label = f"{args.label} (TF {tf.__version__})" + ("" if args.variant == "default" else f", {args.variant}")
@@ -165,7 +181,7 @@ def _savedmodel(ref: dict, args: argparse.Namespace) -> list[dict]:
         x = batch_of(ref["inputs"], batch)
         calls.append((ort_label, "-", "-", batch, lambda x=x: ort.run(["output"], {"input": x})))
         calls.append((label, "serving_default", SESSION, batch, session_call("serving_default", "input", x, "output")))
-        if args.loaded:
+        if serving is not None:
             tensor = tf.constant(x)
             calls.append((label, "serving_default", LOADED, batch, lambda t=tensor: serving(input=t)["output"].numpy()))
         if args.images:
@@ -207,6 +223,8 @@ def machine(args: argparse.Namespace) -> dict:
         state = onednn_state(info)
         running, line = onednn_report(state)
         record |= {"variant": args.variant, "onednn": line, "onednn_on": running, "contraction": state.contraction}
+        if vars(args).get("not_measured"):  # set by the run: a path the lever could not run
+            record["not_measured"] = args.not_measured
     if args.runtime != "pytorch":
         threads["onnxruntime"] = "default (intra-op = cores)"
     else:

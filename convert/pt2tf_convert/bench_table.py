@@ -119,6 +119,8 @@ def machine_notes(runs: list[tuple[str, dict, list[dict]]]) -> str:
         if m.get("threads"):
             threads = ", ".join(f"{k} {v}" for k, v in m["threads"].items() if v is not None)
             lines.append(f"- `{stem}`: {threads}" + (f"; {m['onednn']}" if m.get("onednn") else ""))
+        for path, why in m.get("not_measured", {}).items():
+            lines.append(f"- `{stem}`: {path} not measured: {why}")
     return "\n".join(lines)
 
 

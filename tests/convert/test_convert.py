@@ -469,6 +469,34 @@ def test_bench_measures_both_signatures_and_the_table_compares_to_onnxruntime(pu
     assert f"CPU: {cpu_info().describe()}" in text  # model, cores, the AVX-512/AMX/bf16 flags it has and lacks
 
 
+@pytest.mark.default_lane_only("the xla lever's refusal")
+def test_the_xla_lever_measures_what_xla_compiles_and_names_what_it_refuses(published, artifacts, tmp_path):
+    # The Session's auto-clustering leaves out ops XLA refuses; jit_compile=True on the loaded signature cannot, and
+    # refused the rewritten graph's explicitly padded MaxPool on TF 2.19. The lever runs on; the record says why.
+    import subprocess
+    import sys
+
+    from pt2tf_convert import bench, bench_table
+
+    models, _ = published
+    out = tmp_path / "b" / "xla.json"
+    argv = ["--runtime", "savedmodel", "--models", str(models), "--artifacts", str(artifacts), "--variant", "xla",
+            "--batch-sizes", "1", "--rounds", "1", "--min-iters", "1", "--min-seconds", "0", "--no-images",
+            "--out", str(out)]  # fmt: skip
+    # A process of its own, as nox runs each lever: XLA's auto-clustering is set when the Session is made.
+    done = subprocess.run([sys.executable, "-m", "pt2tf_convert.bench", *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads(out.read_text())
+    paths = {r["path"] for r in record["results"] if r["signature"] == "serving_default"}
+    refused = record["machine"].get("not_measured", {})
+    assert bench.SESSION in paths
+    assert (bench.LOADED in paths) != (bench.LOADED in refused), (paths, refused)
+    if refused:
+        assert refused[bench.LOADED].startswith("XLA cannot compile the whole signature (")
+        assert bench_table.main([str(tmp_path / "b")]) == 0
+        assert f"`xla`: {bench.LOADED} not measured: XLA cannot compile" in (tmp_path / "b.md").read_text()
+
+
 def test_the_bench_says_which_onednn_kernels_each_tensorflow_process_ran(published, artifacts, tmp_path):
     # The oneDNN levers set their variables before TensorFlow loads, in a process of their own; the record and
     # the table say the state TensorFlow ran with, beside the ONNX Runtime of the same process.
