@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent
 for _folder in ("toolchain", "serve", "convert"):  # their standard-library-only modules, imported below
     sys.path.insert(0, str(ROOT / _folder))
 
+from pt2tf_convert.bench_table import lever_plan  # noqa: E402
 from pt2tf_convert.repository import RepositoryError, served_model, versions  # noqa: E402
 from pt2tf_serve.cpu import cpu_info  # noqa: E402
 from pt2tf_serve.process import DOCKER_CONFIG, embedded_flags, read_env_file, server_env  # noqa: E402
@@ -350,7 +351,15 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=False, name="bench-levers")
 def bench_levers(session: nox.Session) -> None:
-    """Bench the default lane's serving_default under each performance lever (reports/bench-levers.md)."""
+    """Bench the default lane's serving_default under each performance lever (reports/bench-levers.md).
+
+    LEVERS="default onednn-on" runs some; REPEATS=3 runs each lever's process three times, alternating, and the
+    report says which lever, if any, beats the default beyond the spread of its processes."""
+    variants = ("default", "inter-op-1", "intra-op-1", "onednn-on", "no-onednn", "eigen-contraction", "xla", "bf16")
+    try:
+        plan = lever_plan(os.environ.get("LEVERS"), os.environ.get("REPEATS"), variants)
+    except ValueError as error:
+        session.error(str(error))
     out = REPORTS / "bench-levers"
     shutil.rmtree(out, ignore_errors=True)
     lane = MATRIX.lane(None)
@@ -359,14 +368,13 @@ def bench_levers(session: nox.Session) -> None:
     # the others run with TensorFlow's default for this CPU, whatever the caller's shell sets.
     for name in ("TF_ENABLE_ONEDNN_OPTS", "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"):
         session.env[name] = None
-    variants = ("default", "inter-op-1", "intra-op-1", "onednn-on", "no-onednn", "eigen-contraction", "xla", "bf16")
-    for index, variant in enumerate(variants):
+    for stem, variant in plan:
         if variant == "bf16" and not cpu_info().bf16:
             session.log(f"bf16 lever skipped: {cpu_info().describe()} has no native bf16")
             continue
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
         args += ["--platform-config", str(PLATFORM_CONFIG)]
-        _bench(session, lane.env_for("bench"), out / f"{index}-{variant}.json", "savedmodel", *args)
+        _bench(session, lane.env_for("bench"), out / f"{stem}.json", "savedmodel", *args)
     _run_here(session, "pt2tf_convert.bench_table", str(out))
 
 

@@ -50,6 +50,16 @@ def ratios(by_batch: dict[int, dict], ort: dict[int, dict]) -> tuple[dict, float
     return best, throughput, latency
 
 
+def _process_ratios(machine: dict, results: list[dict], path: str) -> tuple[dict, float, float | None] | None:
+    """A TensorFlow process's `serving_default` on `path` against the ONNX Runtime of the same process (`ratios`);
+    None for a record that is not such a process."""
+    if "onednn_on" not in machine:
+        return None
+    ort = {r["batch"]: r for r in results if _is_ort(r) and "same process" in r["runtime"]}
+    mine = {r["batch"]: r for r in results if r["signature"] == "serving_default" and r.get("path") == path}
+    return ratios(mine, ort) if ort and mine else None
+
+
 def onednn_table(runs: list[tuple[str, dict, list[dict]]], path: str) -> str:
     """Per TensorFlow process: its oneDNN state and contraction kernel, and its ratios to the ONNX Runtime beside it."""
     lines = [
@@ -58,13 +68,10 @@ def onednn_table(runs: list[tuple[str, dict, list[dict]]], path: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for stem, m, results in runs:
-        if "onednn_on" not in m:
+        measured = _process_ratios(m, results, path)
+        if measured is None:
             continue
-        ort = {r["batch"]: r for r in results if _is_ort(r) and "same process" in r["runtime"]}
-        mine = {r["batch"]: r for r in results if r["signature"] == "serving_default" and r.get("path") == path}
-        if not ort or not mine:
-            continue
-        best, throughput, latency = ratios(mine, ort)
+        best, throughput, latency = measured
         onednn = "on" if m["onednn_on"] else "off"
         cells = [
             stem,
@@ -76,6 +83,88 @@ def onednn_table(runs: list[tuple[str, dict, list[dict]]], path: str) -> str:
         cells.append("–" if latency is None else f"{latency:.2f}×")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def lever_plan(levers: str | None, repeats: str | None, known: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(file stem, lever) per process of `nox -s bench-levers`: LEVERS (names, space- or comma-separated; default:
+    all of `known`) run REPEATS times (default 1), alternating lever by lever so that a drift of a shared machine
+    falls on every lever alike. A stem keeps the lever's index in `known`: the report lists the levers in order."""
+    chosen = [name for name in (levers or "").replace(",", " ").split()] or list(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise ValueError(f"LEVERS: unknown lever {', '.join(unknown)}; the levers are: {', '.join(known)}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"LEVERS: {' '.join(chosen)} names a lever twice; REPEATS=N runs each N times")
+    try:
+        count = int(repeats or "1")
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"REPEATS: {repeats!r} is not a positive whole number (processes per lever)")
+    suffix = (lambda n: "") if count == 1 else (lambda n: f"-{n + 1}")
+    return [(f"{known.index(name)}-{name}{suffix(n)}", name) for n in range(count) for name in chosen]
+
+
+def _lever_ratios(runs: list[tuple[str, dict, list[dict]]], path: str) -> dict[str, list[tuple[float, float | None]]]:
+    """Per lever, (best batch ÷ ORT, batch-1 latency ÷ ORT) of each of its processes, ORT of the same process."""
+    per_lever: dict[str, list[tuple[float, float | None]]] = {}
+    for _, m, results in runs:
+        measured = _process_ratios(m, results, path)
+        if measured is not None:
+            per_lever.setdefault(m.get("variant", "default"), []).append(measured[1:])
+    return per_lever
+
+
+def _span(values: list[float]) -> str:
+    low, high = min(values), max(values)
+    return f"{low:.2f}×" if len(values) == 1 else f"{low:.2f}–{high:.2f}×"
+
+
+def _versus(mine: list[float], theirs: list[float], higher_is_better: bool) -> str:
+    """'better' / 'worse' only when the ranges of processes do not overlap; else 'within the spread'."""
+    if min(mine) > max(theirs):
+        return "better" if higher_is_better else "worse"
+    if max(mine) < min(theirs):
+        return "worse" if higher_is_better else "better"
+    return "within the spread"
+
+
+def spread_table(runs: list[tuple[str, dict, list[dict]]], path: str, baseline: str = "default") -> str:
+    """Each lever's range over its processes beside the baseline's, and which lever, if any, beats the baseline
+    beyond the spread: higher best-batch throughput with batch-1 latency no worse, or better latency with
+    throughput no lower. Needs two processes of the baseline and of a lever (REPEATS=2 or more) to decide."""
+    per_lever = _lever_ratios(runs, path)
+    if not any(len(v) > 1 for v in per_lever.values()):
+        return ""
+    lines = [
+        f"| lever | processes | best batch ÷ ORT | batch-1 latency ÷ ORT | throughput vs `{baseline}` |"
+        f" latency vs `{baseline}` |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = per_lever.get(baseline, [])
+    base_best = [b for b, _ in base]
+    base_latency = [lat for _, lat in base if lat is not None]
+    winners = []
+    for lever, values in per_lever.items():
+        best = [b for b, _ in values]
+        latency = [lat for _, lat in values if lat is not None]
+        cells = [f"`{lever}`", str(len(values)), _span(best), _span(latency) if latency else "–"]
+        if lever == baseline or len(base) < 2 or len(values) < 2:
+            cells += ["–", "–"]
+        else:
+            throughput = _versus(best, base_best, higher_is_better=True)
+            delay = _versus(latency, base_latency, higher_is_better=False) if latency and base_latency else "–"
+            cells += [throughput, delay]
+            if (throughput == "better" and delay != "worse") or (delay == "better" and throughput != "worse"):
+                winners.append(lever)
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(base) < 2:
+        verdict = f"Decides nothing: `{baseline}` needs two processes or more (REPEATS=2) to have a spread."
+    elif winners:
+        verdict = f"Beats `{baseline}` beyond the spread of processes: {', '.join(f'`{w}`' for w in winners)}."
+    else:
+        verdict = f"No lever beats `{baseline}` beyond the spread of processes: keep `{baseline}`."
+    return "\n".join(lines) + "\n\n" + verdict
 
 
 def table(runs: list[tuple[str, dict, list[dict]]]) -> str:
@@ -140,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     onednn = onednn_table(runs, SESSION_PATH)
     if onednn:
         text += f"\noneDNN in each TensorFlow process, `serving_default` on the {SESSION_PATH} path:\n\n{onednn}\n"
+    spread = spread_table(runs, SESSION_PATH)
+    if spread:
+        text += f"\nEach lever over its processes (ratios to the ONNX Runtime of each process):\n\n{spread}\n"
     replace_file(root.parent / f"{root.name}.md", text)
     print(text)
     return 0
