@@ -89,7 +89,7 @@ def lever_plan(levers: str | None, repeats: str | None, known: tuple[str, ...]) 
     """(file stem, lever) per process of `nox -s bench-levers`: LEVERS (names, space- or comma-separated; default:
     all of `known`) run REPEATS times (default 1), alternating lever by lever so that a drift of a shared machine
     falls on every lever alike. A stem keeps the lever's index in `known`: the report lists the levers in order."""
-    chosen = [name for name in (levers or "").replace(",", " ").split()] or list(known)
+    chosen = (levers or "").replace(",", " ").split() or list(known)
     unknown = [name for name in chosen if name not in known]
     if unknown:
         raise ValueError(f"LEVERS: unknown lever {', '.join(unknown)}; the levers are: {', '.join(known)}")
@@ -101,8 +101,11 @@ def lever_plan(levers: str | None, repeats: str | None, known: tuple[str, ...]) 
         count = 0
     if count < 1:
         raise ValueError(f"REPEATS: {repeats!r} is not a positive whole number (processes per lever)")
-    suffix = (lambda n: "") if count == 1 else (lambda n: f"-{n + 1}")
-    return [(f"{known.index(name)}-{name}{suffix(n)}", name) for n in range(count) for name in chosen]
+    return [
+        (f"{known.index(name)}-{name}" + (f"-{n + 1}" if count > 1 else ""), name)
+        for n in range(count)
+        for name in chosen
+    ]
 
 
 def _lever_ratios(runs: list[tuple[str, dict, list[dict]]], path: str) -> dict[str, list[tuple[float, float | None]]]:
