@@ -360,6 +360,11 @@ def bench_levers(session: nox.Session) -> None:
         plan = lever_plan(os.environ.get("LEVERS"), os.environ.get("REPEATS"), variants)
     except ValueError as error:
         session.error(str(error))
+    if not cpu_info().bf16 and any(variant == "bf16" for _, variant in plan):
+        session.log(f"bf16 lever skipped: {cpu_info().describe()} has no native bf16")
+        plan = [(stem, variant) for stem, variant in plan if variant != "bf16"]
+    if not plan:
+        session.error("LEVERS: nothing left to measure on this CPU")
     out = REPORTS / "bench-levers"
     shutil.rmtree(out, ignore_errors=True)
     lane = MATRIX.lane(None)
@@ -369,9 +374,6 @@ def bench_levers(session: nox.Session) -> None:
     for name in ("TF_ENABLE_ONEDNN_OPTS", "TENSORFLOW_USE_CUSTOM_CONTRACTION_KERNEL"):
         session.env[name] = None
     for stem, variant in plan:
-        if variant == "bf16" and not cpu_info().bf16:
-            session.log(f"bf16 lever skipped: {cpu_info().describe()} has no native bf16")
-            continue
         args = [*_model_args(lane.name), "--label", f"lane {lane.name}", "--variant", variant, "--no-images"]
         args += ["--platform-config", str(PLATFORM_CONFIG)]
         _bench(session, lane.env_for("bench"), out / f"{stem}.json", "savedmodel", *args)

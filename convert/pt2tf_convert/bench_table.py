@@ -101,8 +101,9 @@ def lever_plan(levers: str | None, repeats: str | None, known: tuple[str, ...]) 
         count = 0
     if count < 1:
         raise ValueError(f"REPEATS: {repeats!r} is not a positive whole number (processes per lever)")
+    width = len(str(count))  # -01 … -10 keep the report's name order the order they ran in
     return [
-        (f"{known.index(name)}-{name}" + (f"-{n + 1}" if count > 1 else ""), name)
+        (f"{known.index(name)}-{name}" + (f"-{n + 1:0{width}d}" if count > 1 else ""), name)
         for n in range(count)
         for name in chosen
     ]
@@ -119,8 +120,8 @@ def _lever_ratios(runs: list[tuple[str, dict, list[dict]]], path: str) -> dict[s
 
 
 def _span(values: list[float]) -> str:
-    low, high = min(values), max(values)
-    return f"{low:.2f}×" if len(values) == 1 else f"{low:.2f}–{high:.2f}×"
+    low, high = f"{min(values):.2f}", f"{max(values):.2f}"
+    return f"{low}×" if low == high else f"{low}–{high}×"
 
 
 def _versus(mine: list[float], theirs: list[float], higher_is_better: bool) -> str:
@@ -156,12 +157,17 @@ def spread_table(runs: list[tuple[str, dict, list[dict]]], path: str, baseline: 
             cells += ["–", "–"]
         else:
             throughput = _versus(best, base_best, higher_is_better=True)
-            delay = _versus(latency, base_latency, higher_is_better=False) if latency and base_latency else "–"
+            # Latency decides only with batch 1 in two processes or more on both sides; unknown is not "no worse".
+            known_latency = len(latency) > 1 and len(base_latency) > 1
+            delay = _versus(latency, base_latency, higher_is_better=False) if known_latency else "–"
             cells += [throughput, delay]
-            if (throughput == "better" and delay != "worse") or (delay == "better" and throughput != "worse"):
+            no_worse = ("better", "within the spread")
+            if (throughput == "better" and delay in no_worse) or (delay == "better" and throughput in no_worse):
                 winners.append(lever)
         lines.append("| " + " | ".join(cells) + " |")
-    if len(base) < 2:
+    if not base:
+        verdict = f"Decides nothing: `{baseline}` did not run; add it to LEVERS."
+    elif len(base) < 2:
         verdict = f"Decides nothing: `{baseline}` needs two processes or more (REPEATS=2) to have a spread."
     elif winners:
         verdict = f"Beats `{baseline}` beyond the spread of processes: {', '.join(f'`{w}`' for w in winners)}."

@@ -41,6 +41,8 @@ def test_the_plan_alternates_levers_repeat_by_repeat_and_keeps_each_levers_index
         ("2-onednn-on-2", "onednn-on"),
     ]
     assert lever_plan("xla default", "1", LEVERS) == [("3-xla", "xla"), ("0-default", "default")]
+    stems = [stem for stem, _ in lever_plan("default", "10", LEVERS)]
+    assert stems == sorted(stems) and stems[0] == "0-default-01" and stems[-1] == "0-default-10"  # the order they ran
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,19 @@ def test_the_plan_alternates_levers_repeat_by_repeat_and_keeps_each_levers_index
 def test_a_wrong_plan_is_refused_naming_what_to_write(levers, repeats, message):
     with pytest.raises(ValueError, match=message):
         lever_plan(levers, repeats, LEVERS)
+
+
+def test_each_process_is_measured_against_its_own_onnxruntime():
+    # The second pair ran on a slower minute: ONNX Runtime beside it slowed as much, and the ratios did not move.
+    runs = [
+        _process("default", 30.0, {1: 45.0, 32: 40.0}),
+        _process("onednn-on", 30.0, {1: 45.0, 32: 30.0}),
+        _process("default", 60.0, {1: 90.0, 32: 80.0}),
+        _process("onednn-on", 60.0, {1: 90.0, 32: 60.0}),
+    ]
+    text = spread_table(runs, SESSION_PATH)
+    assert "| `default` | 2 | 0.75× | 1.50× | – | – |" in text
+    assert "| `onednn-on` | 2 | 1.00× | 1.50× | better | within the spread |" in text
 
 
 def test_a_lever_within_the_spread_of_the_default_is_not_chosen():
@@ -92,6 +107,26 @@ def test_a_lever_beyond_the_spread_wins_unless_it_costs_latency(tmp_path):
     assert bench_table.main([str(tmp_path / "bench-levers")]) == 0
     report = (tmp_path / "bench-levers.md").read_text()
     assert report.index("oneDNN in each TensorFlow process") < report.index("Each lever over its processes")
+
+
+def test_better_latency_alone_wins_and_unknown_latency_never_does():
+    runs = [
+        _process("default", 30.0, {1: 60.0, 32: 40.0}),
+        _process("inter-op-1", 31.0, {1: 40.0, 32: 41.0}),  # latency beyond the spread, throughput within it
+        _process("xla", 30.0, {8: 100.0, 32: 20.0}),  # far faster, but no batch 1: its latency is not known
+        _process("default", 31.0, {1: 57.0, 32: 40.0}),
+        _process("inter-op-1", 30.0, {1: 39.0, 32: 39.0}),
+        _process("xla", 30.0, {8: 100.0, 32: 21.0}),
+    ]
+    text = spread_table(runs, SESSION_PATH)
+    assert "| `inter-op-1` | 2 | 0.76–0.77× | 1.29–1.30× | within the spread | better |" in text
+    assert "| `xla` | 2 | 1.43–1.50× | – | better | – |" in text
+    assert text.endswith("Beats `default` beyond the spread of processes: `inter-op-1`.")
+
+
+def test_without_the_default_nothing_is_decided_and_the_report_says_what_to_add():
+    runs = [_process(lever, 30.0, {1: 40.0, 32: 35.0}) for lever in ("onednn-on", "xla", "onednn-on", "xla")]
+    assert spread_table(runs, SESSION_PATH).endswith("Decides nothing: `default` did not run; add it to LEVERS.")
 
 
 def test_one_process_a_lever_decides_nothing():
