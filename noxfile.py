@@ -360,8 +360,9 @@ def bench_levers(session: nox.Session) -> None:
         plan = lever_plan(os.environ.get("LEVERS"), os.environ.get("REPEATS"), variants)
     except ValueError as error:
         session.error(str(error))
-    if not cpu_info().bf16 and any(variant == "bf16" for _, variant in plan):
-        session.log(f"bf16 lever skipped: {cpu_info().describe()} has no native bf16")
+    cpu = cpu_info()
+    if not cpu.bf16 and any(variant == "bf16" for _, variant in plan):
+        session.log(f"bf16 lever skipped: {cpu.describe()} has no native bf16")
         plan = [(stem, variant) for stem, variant in plan if variant != "bf16"]
     if not plan:
         session.error("LEVERS: nothing left to measure on this CPU")
